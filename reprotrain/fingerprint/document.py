@@ -1,0 +1,124 @@
+"""The fingerprint document: its JSON Schema, validation, reading, writing and digest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from functools import lru_cache
+from importlib import resources
+
+from reprotrain.errors import InvalidDocumentError
+
+SCHEMA_VERSION = 1
+SCHEMA_RESOURCE = "schemas/fingerprint.schema.json"
+
+# Fields left out of the digest: when and how the document was collected, where things live on
+# this machine, and the long package lists (their digests stay in).
+_DIGEST_EXCLUDED = {("collected_at",), ("sources",), ("host",), ("packages", "conda", "packages"),
+                    ("packages", "pip", "packages"), ("packages", "conda", "prefix"), ("lock", "file"),
+                    ("code", "repository")}
+
+
+def empty_lock_section() -> dict:
+    """The `lock` section before the lock layer fills it: every field present and null."""
+    return {"file": None, "sha256": None, "content_hash": None, "platform": None, "matches": None}
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict:
+    """The JSON Schema (draft 2020-12) shipped in the package."""
+    text = resources.files("reprotrain.fingerprint").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+@lru_cache(maxsize=1)
+def _validator():
+    import jsonschema
+
+    return jsonschema.Draft202012Validator(schema())
+
+
+def validate(doc, *, source: str | None = None) -> dict:
+    """Return DOC if it is a valid fingerprint, else raise InvalidDocumentError naming SOURCE."""
+    if not isinstance(doc, dict):
+        raise InvalidDocumentError(f"not a fingerprint: the top level is {type(doc).__name__}, not an object",
+                                   path=source)
+    version = doc.get("schema_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version != SCHEMA_VERSION:
+        raise InvalidDocumentError(f"fingerprint schema_version {version} is not supported (this reprotrain "
+                                   f"reads version {SCHEMA_VERSION})", path=source)
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(_validator().iter_errors(doc))
+    if error is not None:
+        where = ".".join(str(part) for part in error.absolute_path) or "document"
+        raise InvalidDocumentError(f"invalid fingerprint: {where}: {error.message}", path=source)
+    return doc
+
+
+def load(path) -> dict:
+    """Read and validate the fingerprint at PATH (a JSON file)."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as exc:
+        raise InvalidDocumentError(f"cannot read fingerprint: {exc.strerror or exc}", path=path) from exc
+    try:
+        doc = json.loads(data)
+    except UnicodeDecodeError as exc:
+        raise InvalidDocumentError(f"not a fingerprint: not UTF-8 text ({exc.reason})", path=path) from exc
+    except json.JSONDecodeError as exc:
+        raise InvalidDocumentError(f"not a fingerprint: invalid JSON at line {exc.lineno} column {exc.colno}: "
+                                   f"{exc.msg}", path=path) from exc
+    return validate(doc, source=path)
+
+
+def dumps(doc: dict) -> str:
+    """The JSON text written for a fingerprint."""
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+
+
+def write(doc: dict, path) -> str:
+    """Validate DOC and write it to PATH atomically (temp file in the same directory, fsync, rename)."""
+    path = os.fspath(path)
+    validate(doc, source=path)
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise InvalidDocumentError(f"cannot write fingerprint: {exc.strerror or exc}", path=path) from exc
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(dumps(doc))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise InvalidDocumentError(f"cannot write fingerprint: {exc.strerror or exc}", path=path) from exc
+    if hasattr(os, "O_DIRECTORY"):
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)  # make the rename itself durable
+        finally:
+            os.close(dir_fd)
+    return path
+
+
+def _strip(value, path: tuple):
+    if isinstance(value, dict):
+        return {key: _strip(item, path + (key,)) for key, item in value.items() if path + (key,) not in _DIGEST_EXCLUDED}
+    return value
+
+
+def digest(doc: dict) -> str:
+    """"sha256:<hex>" of the canonical JSON of the identity-relevant fields: two fingerprints of the same
+    environment have the same digest whenever and wherever they were collected."""
+    canonical = json.dumps(_strip(doc, ()), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
