@@ -121,9 +121,242 @@ def fingerprint_command(as_json, output, full, compare_path, policy_path, on_mis
 
 # --- environment lock and verification (no torch import) ----------------------------------
 
+@main.group("lock", invoke_without_command=True)
+@click.option("-f", "--file", "env_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Environment file to lock (repeatable) [default with --check: the lock's own sources; "
+                   "otherwise environment.yml].")
+@click.option("-p", "--platform", "platforms", multiple=True,
+              help="Platform to lock (repeatable) [default: the files' platforms: key, else linux-64, "
+                   "osx-arm64 and win-64; with --check: the lock's platforms].")
+@click.option("--lockfile", default="conda-lock.yml", show_default=True, type=click.Path(dir_okay=False),
+              help="The unified conda-lock.yml to write or check.")
+@click.option("--check", is_flag=True, help="Do not solve: exit 0 when the lock's content hashes match the "
+              "inputs for every platform, 1 when stale, 2 on bad input. Offline.")
+@click.option("--solver", type=click.Choice(["auto", "conda-lock", "rattler"]), default="auto", show_default=True,
+              help="auto: conda-lock when a conda/mamba/micromamba executable is installed (never "
+                   "downloaded), else py-rattler.")
+@click.option("--virtual-package-spec", type=click.Path(dir_okay=False), default=None,
+              help="conda-lock virtual-packages.yml [default: conda-lock's defaults].")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def lock_group(ctx, env_files, platforms, lockfile, check, solver, virtual_package_spec, as_json) -> None:
+    """Lock environment files into one conda-lock.yml for every platform, or --check it.
+
+    \b
+    Exit codes: 0 written / fresh, 1 stale lock or no solution, 2 bad input
+    (unreadable environment or lock file, pip section without a conda executable).
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if check:
+        from reprotrain.envlock.staleness import check as check_lock
+
+        result = check_lock(lockfile, env_files or None, platforms or None, virtual_package_spec)
+        if as_json:
+            emit_json(result)
+        else:
+            for platform, entry in result["platforms"].items():
+                click.echo(f"{platform}: {entry['status']}")
+                for change in entry["changes"]:
+                    click.echo(f"  {change}")
+            stale = [p for p, e in result["platforms"].items() if e["status"] != "fresh"]
+            click.echo(f"{lockfile}: " + (f"STALE for {', '.join(stale)}" if stale else "up to date"))
+        sys.exit(1 if result["stale"] else 0)
+    from reprotrain.envlock.solve import lock as lock_environment
+
+    result = lock_environment(env_files or ["environment.yml"], platforms or None, lockfile, solver,
+                              virtual_package_spec)
+    if as_json:
+        emit_json(result)
+    else:
+        counts = ", ".join(f"{p} {n}" for p, n in result["packages"].items())
+        click.echo(f"{result['lockfile']}: locked with {result['solver']} ({counts} packages)")
+
+
+@lock_group.command("show")
+@click.argument("lockfile", type=click.Path(dir_okay=False))
+@click.option("--platform", default=None, help="Only this platform.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def lock_show(lockfile, platform, as_json) -> None:
+    """Platforms, package counts and the Python / PyTorch / CUDA / cuDNN LOCKFILE pins."""
+    from reprotrain.envlock.lockfile import read_lockfile, summarize
+
+    summary = summarize(read_lockfile(lockfile), lockfile, platform)
+    if as_json:
+        emit_json(summary)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{lockfile}  (channels: {', '.join(summary['channels']) or '-'})", title_justify="left")
+    for column in ("platform", "conda", "pip", "python", "pytorch", "variant", "CUDA", "cuDNN"):
+        table.add_column(column, justify="right" if column in ("conda", "pip") else "left")
+    for name, entry in summary["per_platform"].items():
+        torch = entry["torch"] and (entry["torch"] + (" (pip)" if entry["torch_manager"] == "pip" else ""))
+        table.add_row(name, str(entry["conda_packages"]), str(entry["pip_packages"]), entry["python"] or "-",
+                      torch or "-", entry["torch_variant"] or "-", entry["cuda"] or "-", entry["cudnn"] or "-")
+    Console(width=max(100, Console().width), highlight=False).print(table)
+    if len(summary["categories"]) > 1:
+        click.echo(f"categories: {', '.join(summary['categories'])}")
+
+
+@main.group("env")
+def env_group() -> None:
+    """Verify or create the live conda environment against a conda-lock.yml.
+
+    \b
+    Exit codes: 0 the environment matches the lock, 1 it does not (or an archive
+    hash refused), 2 bad input (unreadable lock, not a conda prefix, platform not locked).
+    """
+
+
+def _print_differences(report) -> None:
+    for diff in report.differences:
+        if diff.kind in ("missing", "extra"):
+            what = diff.locked if diff.kind == "missing" else diff.installed
+            click.echo(f"  {diff.kind:<13} {diff.manager:<5} {diff.name} {what or ''}".rstrip())
+        else:
+            where = f" {diff.detail}" if diff.detail else ""
+            click.echo(f"  {diff.kind:<13} {diff.manager:<5} {diff.name}{where}: locked {diff.locked or '-'}, "
+                       f"installed {diff.installed or '-'}")
+
+
+@env_group.command("verify")
+@click.option("--lockfile", default="conda-lock.yml", show_default=True, type=click.Path(dir_okay=False),
+              help="The conda-lock.yml to verify against.")
+@click.option("--prefix", type=click.Path(file_okay=False), default=None,
+              help="Environment prefix [default: $CONDA_PREFIX, else this interpreter's prefix].")
+@click.option("--platform", default=None, help="Lock platform to compare with [default: the prefix's own].")
+@click.option("--category", "categories", multiple=True, help="Only the lock's entries in these categories "
+              "(repeatable) [default: all].")
+@click.option("--deep", is_flag=True, help="Also re-hash every installed file against conda-meta paths_data "
+              "and pip RECORD.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def env_verify(lockfile, prefix, platform, categories, deep, as_json) -> None:
+    """Check that the live environment is exactly what LOCKFILE pins for its platform."""
+    from reprotrain.envlock.verify import verify_environment
+
+    report = verify_environment(lockfile, prefix, platform=platform, deep=deep, categories=set(categories) or None)
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        state = "matches" if report.matches else f"DOES NOT MATCH ({len(report.differences)} differences)"
+        files = f", {report.files_checked} files re-hashed" if deep else ""
+        click.echo(f"{report.prefix}: {state} {report.lockfile} [{report.platform}, {report.checked} locked "
+                   f"packages{files}]")
+        _print_differences(report)
+    sys.exit(0 if report.matches else 1)
+
+
+@env_group.command("create")
+@click.option("--lockfile", default="conda-lock.yml", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--prefix", required=True, type=click.Path(file_okay=False), help="New environment directory.")
+@click.option("--platform", default=None, help="Lock platform to install [default: this machine's].")
+@click.option("--category", "categories", multiple=True, help="Only these categories (repeatable) [default: all].")
+@click.option("--solver", type=click.Choice(["auto", "rattler"]), default="auto", show_default=True,
+              help="auto: conda-lock install when a conda executable is installed, else py-rattler.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def env_create(lockfile, prefix, platform, categories, solver, as_json) -> None:
+    """Install the environment LOCKFILE pins into PREFIX, checking every archive hash."""
+    from reprotrain.envlock.create import create_environment
+
+    report = create_environment(lockfile, prefix, platform=platform, categories=set(categories) or None,
+                                use_conda=solver == "auto")
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        click.echo(f"{report.prefix}: installed {report.conda_packages} conda and {report.pip_packages} pip "
+                   f"packages for {report.platform} with {report.installer}")
+        if not report.verify.matches:
+            click.echo("but the result does not match the lock:")
+            _print_differences(report.verify)
+    sys.exit(0 if report.verify.matches else 1)
+
+
 # --- checkpoints: verify, inspect, ls, diff -------------------------------------------------
 
 # --- training ------------------------------------------------------------------------------
+
+# (option, TrainConfig field, click kwargs): the config options of `train`; each may also come from --config FILE.
+_TRAIN_OPTIONS = [
+    ("--task", "task", dict(help="digits (default, offline), mnist, fashionmnist, cifar10, imagefolder, "
+                                 "or module:function for a user task.")),
+    ("--model", "model", dict(help="cnn (default) or a torchvision model name such as resnet18.")),
+    ("--data-dir", "data_dir", dict(type=click.Path(file_okay=False), help="Dataset root (torchvision, ImageFolder).")),
+    ("--download/--no-download", "download", dict(default=None, help="Let torchvision download a missing dataset.")),
+    ("--epochs", "epochs", dict(type=int)),
+    ("--batch-size", "batch_size", dict(type=int)),
+    ("--lr", "lr", dict(type=float, help="Learning rate.")),
+    ("--seed", "seed", dict(type=int)),
+    ("--num-workers", "num_workers", dict(type=int, help="DataLoader worker processes (resume is bit-exact either way).")),
+    ("--device", "device", dict(help="auto (default), cpu, cuda, cuda:N, mps.")),
+    ("--save", "save", dict(help="Save policy: epoch:N, steps:N, seconds:N, exp, list:1,5,10, adaptive:mtbf=S, never.")),
+    ("--keep-last", "keep_last", dict(type=int, help="Retention: newest checkpoints kept.")),
+    ("--keep-best", "keep_best", dict(type=int, help="Retention: best checkpoints (by --monitor) kept.")),
+    ("--keep-every", "keep_every", dict(type=int, help="Retention: also keep every N-th epoch checkpoint.")),
+    ("--monitor", "monitor", dict(help="Metric ranking `best` checkpoints (default val_accuracy).")),
+    ("--log-every", "log_every", dict(type=int, help="Steps between metrics.jsonl step lines.")),
+    ("--sigterm-exit-code", "sigterm_exit_code", dict(type=int, help="Exit code after SIGTERM (default 143).")),
+]
+
+
+def _train_options(func):
+    for flag, field, kwargs in reversed(_TRAIN_OPTIONS):
+        func = click.option(flag, field, **kwargs)(func)
+    return func
+
+
+@main.command()
+@click.option("--run-dir", default="runs/default", show_default=True, type=click.Path(file_okay=False),
+              help="Where checkpoints and metrics.jsonl go; the newest valid checkpoint there is resumed.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file of options (flags win).")
+@_train_options
+@click.option("--resume", is_flag=False, flag_value="", default=None, metavar="[PATH]",
+              help="Require a checkpoint to resume (error if none); with PATH, resume that file.")
+@click.option("--fresh", is_flag=True, help="Start over instead of resuming (refuses to clobber an existing run).")
+@click.option("--overwrite", is_flag=True, help="With --fresh: delete the existing run in --run-dir first.")
+@click.option("--on-env-mismatch", type=click.Choice(["refuse", "warn", "ignore"]),
+              help="Override the policy for every fingerprint difference on resume.")
+@click.option("--policy", "policy_file", type=click.Path(dir_okay=False), help="Resume policy file (YAML).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary table.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def train(ctx: click.Context, run_dir, config_file, resume, fresh, overwrite, on_env_mismatch, policy_file, quiet,
+          as_json, **config_options):
+    """Train with checkpoints, fingerprint-checked resume and fault handling.
+
+    With no arguments: a small CNN on scikit-learn's bundled digits, offline, in about a minute.
+    Running the same command again resumes the newest valid checkpoint of --run-dir.
+
+    \b
+    Exit codes: 0 done, 1 resume refused (fingerprint policy, config change,
+    --fresh over an existing run), 2 bad input, 4 training failed (error,
+    crashed worker, non-finite loss; an `emergency` checkpoint was saved),
+    130 SIGINT, 143 SIGTERM (see --sigterm-exit-code).
+    """
+    from reprotrain.checkpoint import Interrupted
+    from reprotrain.training import train as run_training
+
+    options = {name: value for name, value in config_options.items()
+               if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT}
+    try:
+        result = run_training(run_dir, options=options, config_file=config_file,
+                              resume=True if resume == "" else resume, fresh=fresh, overwrite=overwrite,
+                              on_env_mismatch=on_env_mismatch, policy=policy_file, quiet=quiet or as_json)
+    except Interrupted as exc:
+        click.echo(f"reprotrain: {exc}; run the same command again to resume", err=True)
+        ctx.exit(exc.exit_code)
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    if quiet:
+        return
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
+    click.echo(f"{result.status}: {result.epochs_completed}/{result.config['epochs']} epochs, step {result.step}, "
+               f"{metrics or 'no validation metrics'}")
+    click.echo(f"time {result.wall_time_s:.1f} s, checkpoints written {result.checkpoints_written}, "
+               f"resumes {result.resumes}, run directory {result.run_dir}")
+
 
 # --- integrations: report -------------------------------------------------------------------
 
