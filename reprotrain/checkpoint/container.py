@@ -1,0 +1,348 @@
+"""The checkpoint container: a PyTorch-compatible zip archive with an integrity trailer.
+
+The layout is the one ``torch.save`` writes (``archive/data.pkl`` plus one ``archive/data/<key>``
+record per storage), so ``torch.load(path, weights_only=True)`` reads it without reprotrain.
+reprotrain adds:
+
+* ``archive/reprotrain/manifest.json``: the manifest, readable through the zip directory
+  without touching tensor data (and without importing torch);
+* the zip comment, ``reprotrain-integrity/1 sha256:<hex>``: a SHA-256 over every byte of the file
+  except the bodies of ``data/*`` records, whose CRC-32s (in that hashed region) cover them.
+
+Why that split (docs/checkpoint-format.md has the figures): SHA-256 runs at ~0.37 GiB/s here and
+would dominate a save; CRC-32 runs at ~2.9 GiB/s, detects every error burst of up to 32 bits, is what
+the zip format needs anyway, and is computed on a second core while the first one writes. Metadata
+(pickle, manifest, headers, directory) is small and gets the cryptographic hash.
+
+This module knows nothing about torch: it writes byte buffers and reads them back.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from typing import BinaryIO, Iterable, Iterator
+
+ARCHIVE = "archive"
+MANIFEST_RECORD = f"{ARCHIVE}/reprotrain/manifest.json"
+DATA_PREFIX = f"{ARCHIVE}/data/"
+TRAILER_PREFIX = b"reprotrain-integrity/1 sha256:"
+ALIGNMENT = 64  # torch aligns storages to 64 bytes so that mmap'd tensors are aligned
+CHUNK = 16 << 20
+
+_LOCAL = struct.Struct("<IHHHHHIIIHH")  # local file header
+_CENTRAL = struct.Struct("<IHHHHHHIIIHHHHHII")  # central directory header
+_EOCD = struct.Struct("<IHHHHIIH")
+_EOCD64 = struct.Struct("<IQHHIIQQQQ")
+_LOC64 = struct.Struct("<IIQI")
+_SIG_LOCAL, _SIG_CENTRAL, _SIG_EOCD = 0x04034B50, 0x02014B50, 0x06054B50
+_SIG_EOCD64, _SIG_LOC64, _SIG_DESCRIPTOR = 0x06064B50, 0x07064B50, 0x08074B50
+_FLAGS = 0x0008 | 0x0800  # sizes/CRC in a data descriptor; UTF-8 names
+_PAD_ID = 0x5254  # extra-field id of the alignment padding ("RT")
+_ZIP64_ID = 0x0001
+_U32 = 0xFFFFFFFF
+
+
+class ContainerError(Exception):
+    """The file is not a well-formed container (reason in the message)."""
+
+
+class NotAContainer(ContainerError):
+    """The file is a readable zip (or not a zip at all) but carries no reprotrain trailer."""
+
+
+@dataclass(frozen=True)
+class Record:
+    name: str
+    header_offset: int
+    data_offset: int
+    size: int
+    crc32: int
+
+
+# --------------------------------------------------------------------------- writing
+
+
+class ContainerWriter:
+    """Streams records into a file object and closes the archive with the integrity trailer.
+
+    ``force_zip64`` writes ZIP64 structures even for small files (tests use it to cover the
+    >4 GiB path without writing 4 GiB).
+    """
+
+    def __init__(self, fileobj: BinaryIO, *, force_zip64: bool = False):
+        self._f = fileobj
+        self._offset = 0
+        self._meta_hash = hashlib.sha256()
+        self._entries: list[tuple[str, int, int, int, bool]] = []  # name, offset, size, crc, zip64
+        self._force_zip64 = force_zip64
+        self._crc_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="reprotrain-crc")
+
+    def _emit(self, data, *, hashed: bool) -> None:
+        view = memoryview(data)
+        while view:
+            written = self._f.write(view)
+            if written is None:  # raw file objects may write less; buffered ones return the length
+                written = len(view)
+            view = view[written:]
+        if hashed:
+            self._meta_hash.update(data)
+        self._offset += len(data)
+
+    def _local_header(self, name: bytes, size: int, zip64: bool) -> bytes:
+        extra = b""
+        if zip64:
+            extra = struct.pack("<HHQQ", _ZIP64_ID, 16, 0, 0)
+        # Pad the header so that the body starts on an ALIGNMENT boundary.
+        body_start = self._offset + _LOCAL.size + len(name) + len(extra)
+        pad = (-body_start) % ALIGNMENT
+        if pad:
+            if pad < 4:
+                pad += ALIGNMENT
+            extra += struct.pack("<HH", _PAD_ID, pad - 4) + b"\0" * (pad - 4)
+        header = _LOCAL.pack(_SIG_LOCAL, 45 if zip64 else 20, _FLAGS, 0, 0, 0x21,
+                             0, _U32 if zip64 else 0, _U32 if zip64 else 0, len(name), len(extra))
+        return header + name + extra
+
+    def write_record(self, name: str, data, *, crc_in_background: bool = False) -> None:
+        """Write one stored record. ``data`` is bytes-like (a memoryview over tensor memory is not copied)."""
+        view = memoryview(data).cast("B")
+        size = view.nbytes
+        zip64 = self._force_zip64 or size >= _U32 or self._offset >= _U32
+        encoded = name.encode("utf-8")
+        offset = self._offset
+        is_data = name.startswith(DATA_PREFIX)
+        self._emit(self._local_header(encoded, size, zip64), hashed=True)
+        crc = 0
+        if is_data:
+            # Overlap CRC-32 (zlib releases the GIL) of chunk i with the write of chunk i.
+            pending = None
+            for start in range(0, size, CHUNK):
+                chunk = view[start:start + CHUNK]
+                if pending is not None:
+                    crc = pending.result()
+                pending = self._crc_pool.submit(zlib.crc32, chunk, crc)
+                self._emit(chunk, hashed=False)
+            if pending is not None:
+                crc = pending.result()
+        else:
+            crc = zlib.crc32(view)
+            self._emit(view, hashed=True)
+        if zip64:
+            descriptor = struct.pack("<IIQQ", _SIG_DESCRIPTOR, crc, size, size)
+        else:
+            descriptor = struct.pack("<IIII", _SIG_DESCRIPTOR, crc, size, size)
+        self._emit(descriptor, hashed=True)
+        self._entries.append((name, offset, size, crc, zip64))
+
+    def close(self) -> str:
+        """Write the central directory and the trailer; return the integrity digest ("sha256:<hex>")."""
+        self._crc_pool.shutdown(wait=True)
+        cd_start = self._offset
+        for name, offset, size, crc, zip64 in self._entries:
+            encoded = name.encode("utf-8")
+            need64 = zip64 or offset >= _U32
+            extra = struct.pack("<HHQQQ", _ZIP64_ID, 24, size, size, offset) if need64 else b""
+            self._emit(_CENTRAL.pack(
+                _SIG_CENTRAL, 45 if need64 else 20, 45 if need64 else 20, _FLAGS, 0, 0, 0x21, crc,
+                _U32 if need64 else size, _U32 if need64 else size, len(encoded), len(extra), 0, 0, 0, 0,
+                _U32 if need64 else offset) + encoded + extra, hashed=True)
+        cd_size = self._offset - cd_start
+        count = len(self._entries)
+        if self._force_zip64 or cd_start >= _U32 or count >= 0xFFFF:
+            eocd64_at = self._offset
+            self._emit(_EOCD64.pack(_SIG_EOCD64, 44, 45, 45, 0, 0, count, count, cd_size, cd_start), hashed=True)
+            self._emit(_LOC64.pack(_SIG_LOC64, 0, eocd64_at, 1), hashed=True)
+            eocd = _EOCD.pack(_SIG_EOCD, 0, 0, 0xFFFF, 0xFFFF, _U32, _U32, 0)
+        else:
+            eocd = _EOCD.pack(_SIG_EOCD, 0, 0, count, count, cd_size, cd_start, 0)
+        # The comment length is part of the hashed EOCD, so fix it before hashing.
+        comment_len = len(TRAILER_PREFIX) + 64
+        eocd = eocd[:-2] + struct.pack("<H", comment_len)
+        self._emit(eocd, hashed=True)
+        digest = self._meta_hash.hexdigest()
+        self._emit(TRAILER_PREFIX + digest.encode("ascii"), hashed=False)
+        return "sha256:" + digest
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class Directory:
+    """The parsed zip directory of a container (no record bodies read)."""
+
+    records: dict[str, Record]
+    trailer_digest: str | None  # "sha256:<hex>" from the zip comment; None if absent
+    comment_start: int
+    file_size: int
+
+
+def _read_at(f: BinaryIO, offset: int, size: int) -> bytes:
+    f.seek(offset)
+    data = f.read(size)
+    if len(data) != size:
+        raise ContainerError(f"truncated: expected {size} bytes at offset {offset}, file ends early")
+    return data
+
+
+def read_directory(f: BinaryIO) -> Directory:
+    """Parse the end-of-central-directory, the trailer and the central directory."""
+    f.seek(0, os.SEEK_END)
+    file_size = f.tell()
+    if file_size < _EOCD.size:
+        raise NotAContainer(f"not a zip archive ({file_size} bytes)")
+    tail_len = min(file_size, _EOCD.size + 0xFFFF)
+    tail = _read_at(f, file_size - tail_len, tail_len)
+    pos = tail.rfind(struct.pack("<I", _SIG_EOCD))
+    while pos >= 0:
+        # The right EOCD is the one whose comment reaches exactly the end of the file.
+        comment_len = struct.unpack_from("<H", tail, pos + 20)[0]
+        if pos + _EOCD.size + comment_len == tail_len:
+            break
+        pos = tail.rfind(struct.pack("<I", _SIG_EOCD), 0, pos)
+    if pos < 0:
+        raise NotAContainer("not a zip archive (no end-of-central-directory record)")
+    eocd_at = file_size - tail_len + pos
+    (_, _, _, _, count, cd_size, cd_start, comment_len) = _EOCD.unpack_from(tail, pos)
+    comment = tail[pos + _EOCD.size:]
+    comment_start = eocd_at + _EOCD.size
+    trailer = None
+    if comment.startswith(TRAILER_PREFIX):
+        hexpart = comment[len(TRAILER_PREFIX):]
+        if len(hexpart) != 64 or not all(c in b"0123456789abcdef" for c in hexpart):
+            raise ContainerError("integrity trailer is damaged")
+        trailer = "sha256:" + hexpart.decode("ascii")
+    if count == 0xFFFF or cd_start == _U32 or cd_size == _U32:
+        if eocd_at < _LOC64.size:
+            raise ContainerError("ZIP64 locator missing")
+        sig, _, eocd64_at, _ = _LOC64.unpack(_read_at(f, eocd_at - _LOC64.size, _LOC64.size))
+        if sig != _SIG_LOC64:
+            raise ContainerError("ZIP64 locator missing")
+        fields = _EOCD64.unpack(_read_at(f, eocd64_at, _EOCD64.size))
+        if fields[0] != _SIG_EOCD64:
+            raise ContainerError("ZIP64 end-of-central-directory record damaged")
+        count, cd_size, cd_start = fields[7], fields[8], fields[9]
+    if cd_start + cd_size > eocd_at:
+        raise ContainerError("central directory lies outside the file (truncated or damaged)")
+    cd = _read_at(f, cd_start, cd_size)
+    records: dict[str, Record] = {}
+    pos = 0
+    for _ in range(count):
+        if pos + _CENTRAL.size > len(cd):
+            raise ContainerError("central directory truncated")
+        fields = _CENTRAL.unpack_from(cd, pos)
+        if fields[0] != _SIG_CENTRAL:
+            raise ContainerError("central directory damaged")
+        crc, csize, usize, nlen, xlen, clen, offset = fields[7], fields[8], fields[9], fields[10], fields[11], fields[12], fields[16]
+        method = fields[4]
+        name_bytes = cd[pos + _CENTRAL.size: pos + _CENTRAL.size + nlen]
+        extra = cd[pos + _CENTRAL.size + nlen: pos + _CENTRAL.size + nlen + xlen]
+        pos += _CENTRAL.size + nlen + xlen + clen
+        if method != 0:
+            raise ContainerError(f"record {name_bytes!r} is compressed; checkpoints store records uncompressed")
+        if usize == _U32 or offset == _U32:
+            usize, csize, offset = _parse_zip64_extra(extra, usize, csize, offset)
+        try:
+            name = name_bytes.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ContainerError("record name is not UTF-8") from None
+        records[name] = Record(name, offset, -1, usize, crc)
+    # Resolve each body's offset from its local header.
+    for name, rec in list(records.items()):
+        header = _read_at(f, rec.header_offset, _LOCAL.size)
+        fields = _LOCAL.unpack(header)
+        if fields[0] != _SIG_LOCAL:
+            raise ContainerError(f"local header of {name} damaged")
+        nlen, xlen = fields[9], fields[10]
+        data_offset = rec.header_offset + _LOCAL.size + nlen + xlen
+        if data_offset + rec.size > cd_start:
+            raise ContainerError(f"record {name} extends past the central directory (truncated or damaged)")
+        records[name] = Record(name, rec.header_offset, data_offset, rec.size, rec.crc32)
+    return Directory(records, trailer, comment_start, file_size)
+
+
+def _parse_zip64_extra(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int, int, int]:
+    pos = 0
+    while pos + 4 <= len(extra):
+        hid, hlen = struct.unpack_from("<HH", extra, pos)
+        body = extra[pos + 4: pos + 4 + hlen]
+        if hid == _ZIP64_ID:
+            values = list(struct.unpack_from(f"<{len(body) // 8}Q", body))
+            if usize == _U32:
+                usize = values.pop(0)
+            if csize == _U32:
+                csize = values.pop(0)
+            if offset == _U32:
+                offset = values.pop(0)
+            return usize, csize, offset
+        pos += 4 + hlen
+    raise ContainerError("ZIP64 extra field missing")
+
+
+def read_record(f: BinaryIO, record: Record, *, check_crc: bool = True) -> bytes:
+    data = _read_at(f, record.data_offset, record.size)
+    if check_crc and zlib.crc32(data) != record.crc32:
+        raise ContainerError(f"record {record.name} fails its CRC-32 check")
+    return data
+
+
+def _regions(directory: Directory) -> Iterator[tuple[int, int, Record | None]]:
+    """Yield (start, end, record-or-None) covering [0, comment_start) in order: data bodies carry their record."""
+    bodies = sorted((r for r in directory.records.values() if r.name.startswith(DATA_PREFIX)),
+                    key=lambda r: r.data_offset)
+    pos = 0
+    for rec in bodies:
+        if rec.data_offset < pos:
+            raise ContainerError(f"record {rec.name} overlaps another record")
+        if rec.data_offset > pos:
+            yield pos, rec.data_offset, None
+        yield rec.data_offset, rec.data_offset + rec.size, rec
+        pos = rec.data_offset + rec.size
+    if pos < directory.comment_start:
+        yield pos, directory.comment_start, None
+
+
+@dataclass
+class IntegrityReport:
+    ok: bool
+    problems: list[str]
+    bytes_checked: int
+
+
+def check_integrity(f: BinaryIO, directory: Directory) -> IntegrityReport:
+    """Re-read every byte: CRC-32 of each data body, SHA-256 of the rest, compared with the trailer."""
+    if directory.trailer_digest is None:
+        return IntegrityReport(False, ["no integrity trailer"], 0)
+    problems: list[str] = []
+    meta = hashlib.sha256()
+    checked = 0
+    buf = bytearray(CHUNK)
+    for start, end, rec in _regions(directory):
+        f.seek(start)
+        crc = 0
+        remaining = end - start
+        while remaining:
+            n = f.readinto(memoryview(buf)[:min(CHUNK, remaining)])
+            if not n:
+                raise ContainerError(f"truncated: file ends at byte {start + (end - start - remaining)}")
+            chunk = memoryview(buf)[:n]
+            if rec is None:
+                meta.update(chunk)
+            else:
+                crc = zlib.crc32(chunk, crc)
+            remaining -= n
+            checked += n
+        if rec is not None and crc != rec.crc32:
+            problems.append(f"tensor record {rec.name} is damaged (CRC-32 {crc:08x}, expected {rec.crc32:08x})")
+    if "sha256:" + meta.hexdigest() != directory.trailer_digest:
+        problems.append("metadata (pickle, manifest, zip headers or directory) does not match the integrity digest")
+    return IntegrityReport(not problems, problems, checked)
+
+
+def iter_data_records(directory: Directory) -> Iterable[Record]:
+    return (r for r in directory.records.values() if r.name.startswith(DATA_PREFIX))

@@ -1,0 +1,80 @@
+"""Writing and reading reprotrain checkpoint files (see docs/checkpoint-format.md).
+
+A checkpoint is one `.pth` file: ``torch.load(path, weights_only=True)`` returns
+``{"reprotrain": <manifest dict>, "state": {...training state...}}``. The same manifest is also stored
+as JSON in its own zip record so that tools read it without unpickling and without importing torch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import sys
+from typing import Any, BinaryIO
+
+from reprotrain.checkpoint import container
+from reprotrain.checkpoint.container import ARCHIVE, MANIFEST_RECORD, ContainerWriter
+
+FORMAT_NAME = "reprotrain.checkpoint"
+FORMAT_VERSION = 1
+PICKLE_PROTOCOL = 2  # what torch.save uses; the weights-only unpickler reads it
+
+
+def _storage_bytes(storage) -> memoryview:
+    """A zero-copy byte view of a CPU untyped storage (copied to CPU first if it lives elsewhere)."""
+    import torch
+
+    if storage.device.type != "cpu":
+        storage = storage.cpu()
+    as_bytes = torch.empty(0, dtype=torch.uint8).set_(storage)
+    return memoryview(as_bytes.numpy()).cast("B") if storage.nbytes() else memoryview(b"")
+
+
+def _location(storage) -> str:
+    dev = storage.device
+    return "cpu" if dev.type == "cpu" else f"{dev.type}:{dev.index or 0}"
+
+
+def serialize(obj: Any) -> tuple[bytes, list[tuple[str, Any]]]:
+    """Pickle ``obj`` the way torch.save does: storages become persistent ids ("storage", type, key, location, numel).
+
+    Returns the pickle bytes and the list of (record name, untyped storage) to write after it.
+    """
+    import torch
+
+    storages: dict[int, tuple[str, Any]] = {}
+
+    class _Pickler(pickle.Pickler):
+        def persistent_id(self, value):
+            if isinstance(value, torch.storage.TypedStorage):
+                untyped = value._untyped_storage
+                storage_type = getattr(torch, value._pickle_storage_type())
+                numel = value._size()
+            elif isinstance(value, torch.UntypedStorage):
+                untyped = value
+                storage_type = torch.UntypedStorage
+                numel = value.nbytes()
+            else:
+                return None
+            key = storages.setdefault(untyped._cdata, (str(len(storages)), untyped))[0]
+            return ("storage", storage_type, key, _location(untyped), numel)
+
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=PICKLE_PROTOCOL).dump(obj)
+    return buf.getvalue(), list(storages.values())
+
+
+def write(fileobj: BinaryIO, manifest: dict, state: dict, *, force_zip64: bool = False) -> str:
+    """Write a checkpoint to an open binary file; return the integrity digest. The caller makes it durable."""
+    pickled, storages = serialize({"reprotrain": manifest, "state": state})
+    writer = ContainerWriter(fileobj, force_zip64=force_zip64)
+    writer.write_record(f"{ARCHIVE}/data.pkl", pickled)
+    writer.write_record(f"{ARCHIVE}/.format_version", b"1")
+    writer.write_record(f"{ARCHIVE}/.storage_alignment", str(container.ALIGNMENT).encode())
+    writer.write_record(f"{ARCHIVE}/byteorder", sys.byteorder.encode())
+    writer.write_record(MANIFEST_RECORD, json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode())
+    for key, storage in storages:
+        writer.write_record(f"{ARCHIVE}/data/{key}", _storage_bytes(storage))
+    writer.write_record(f"{ARCHIVE}/version", b"3\n")
+    return writer.close()

@@ -1,0 +1,135 @@
+"""Reading checkpoints without unpickling: the manifest through the zip directory, integrity by re-hashing.
+
+Nothing here imports torch. Loading the training state (which needs torch) is in `reprotrain.checkpoint.state`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from reprotrain.checkpoint import container
+from reprotrain.checkpoint.container import MANIFEST_RECORD, ContainerError, NotAContainer
+from reprotrain.errors import ReprotrainError
+
+
+class CorruptCheckpoint(ReprotrainError):
+    """Unreadable, truncated, damaged or invalid (exit code 2)."""
+
+    exit_code = 2
+
+
+class NotACheckpoint(ReprotrainError):
+    """Not a reprotrain checkpoint: a plain PyTorch file, another zip, or something else (exit code 3).
+
+    The foreign-file classifier refines this into a precise reason (and exit 2 for unsafe or unreadable files).
+    """
+
+    exit_code = 3
+
+
+@functools.lru_cache(maxsize=1)
+def manifest_validator():
+    import jsonschema
+
+    schema = json.loads(resources.files("reprotrain.checkpoint").joinpath("schemas/manifest.schema.json").read_text())
+    return jsonschema.Draft202012Validator(schema)
+
+
+def validate_manifest(manifest: dict, *, path: str | os.PathLike | None = None) -> dict:
+    errors = sorted(manifest_validator().iter_errors(manifest), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
+        raise CorruptCheckpoint(f"manifest is invalid at {where}: {err.message}", path=path)
+    return manifest
+
+
+@dataclass
+class CheckpointInfo:
+    """What the zip directory and the manifest say, without reading tensor data."""
+
+    path: Path
+    manifest: dict
+    directory: container.Directory
+    size: int
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
+
+    @property
+    def step(self) -> int:
+        return self.manifest["step"]
+
+
+def _open(path: str | os.PathLike):
+    try:
+        return open(path, "rb")
+    except IsADirectoryError:
+        raise CorruptCheckpoint("is a directory, not a checkpoint file", path=path) from None
+    except FileNotFoundError:
+        raise CorruptCheckpoint("no such file", path=path) from None
+    except PermissionError:
+        raise CorruptCheckpoint("permission denied", path=path) from None
+    except OSError as exc:
+        raise CorruptCheckpoint(f"cannot open: {exc.strerror or exc}", path=path) from None
+
+
+def read_info(path: str | os.PathLike) -> CheckpointInfo:
+    """Read and validate the manifest. Raises CorruptCheckpoint or NotACheckpoint."""
+    with _open(path) as f:
+        try:
+            directory = container.read_directory(f)
+        except NotAContainer as exc:
+            raise NotACheckpoint(f"not a reprotrain checkpoint ({exc})", path=path) from None
+        except (ContainerError, OSError) as exc:
+            raise CorruptCheckpoint(f"damaged checkpoint: {exc}", path=path) from None
+        record = directory.records.get(MANIFEST_RECORD)
+        if record is None:
+            raise NotACheckpoint("not a reprotrain checkpoint (zip archive without a reprotrain manifest)", path=path)
+        if directory.trailer_digest is None:
+            raise CorruptCheckpoint("reprotrain manifest present but the integrity trailer is missing "
+                                    "(truncated or rewritten by another tool)", path=path)
+        try:
+            raw = container.read_record(f, record)
+        except (ContainerError, OSError) as exc:
+            raise CorruptCheckpoint(f"manifest unreadable: {exc}", path=path) from None
+    try:
+        manifest = json.loads(raw)
+    except ValueError as exc:
+        raise CorruptCheckpoint(f"manifest is not valid JSON: {exc}", path=path) from None
+    if not isinstance(manifest, dict):
+        raise CorruptCheckpoint("manifest is not a JSON object", path=path)
+    validate_manifest(manifest, path=path)
+    return CheckpointInfo(Path(path), manifest, directory, directory.file_size)
+
+
+@dataclass
+class IntegrityResult:
+    ok: bool
+    problems: list[str] = field(default_factory=list)
+    bytes_checked: int = 0
+
+
+def check_integrity(info: CheckpointInfo) -> IntegrityResult:
+    """Re-read every byte of the file and compare with the recorded digests."""
+    with _open(info.path) as f:
+        try:
+            report = container.check_integrity(f, info.directory)
+        except (ContainerError, OSError) as exc:
+            return IntegrityResult(False, [str(exc)], 0)
+    return IntegrityResult(report.ok, report.problems, report.bytes_checked)
+
+
+def read_valid(path: str | os.PathLike) -> CheckpointInfo:
+    """read_info plus a full integrity check; CorruptCheckpoint if any byte is off."""
+    info = read_info(path)
+    result = check_integrity(info)
+    if not result.ok:
+        raise CorruptCheckpoint("; ".join(result.problems), path=path)
+    return info
