@@ -124,7 +124,7 @@ class LocalChannel:
         prefix = Path(prefix)
         cache = Path(cache_dir) if cache_dir is not None else prefix.parent / f".{prefix.name}-pkgs"
         asyncio.run(rattler.install(records, target_prefix=prefix, cache_dir=cache, show_progress=False,
-                                    platform=rattler.Platform(platform)))
+                                    platform=rattler.Subdir(platform)))
         return records
 
 
