@@ -67,7 +67,7 @@ def load(path) -> dict:
     except OSError as exc:
         raise InvalidDocumentError(f"cannot read fingerprint: {exc.strerror or exc}", path=path) from exc
     try:
-        doc = json.loads(data)
+        doc = json.loads(data.decode("utf-8"))  # decoded here: json.loads(bytes) would guess UTF-16/32
     except UnicodeDecodeError as exc:
         raise InvalidDocumentError(f"not a fingerprint: not UTF-8 text ({exc.reason})", path=path) from exc
     except json.JSONDecodeError as exc:

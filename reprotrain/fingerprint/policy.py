@@ -20,7 +20,7 @@ FILE_ACTIONS = SEVERITIES + ("ignore",)
 ON_MISMATCH = ("refuse", "warn", "ignore")
 
 # Not compared: when and how a document was collected, and the long package lists (their digests are).
-_NOT_COMPARED = ("collected_at", "schema_version", "sources.*", "packages.conda.packages", "packages.pip.packages")
+_NOT_COMPARED = ("collected_at", "schema_version", "sources.*", "packages.*.packages", "packages.*.packages.*")
 # Values a fingerprint collected without a running torch cannot know (null there means "unknown").
 _RUNTIME_ONLY = {f"determinism.{name}" for name in ("cudnn_deterministic", "cudnn_benchmark",
                                                     "deterministic_algorithms", "deterministic_algorithms_warn_only",
