@@ -85,8 +85,12 @@ def declared_platforms(env_files: Sequence[Path]) -> list[str]:
 
 def make_spec(env_files: Sequence[str | os.PathLike], platforms: Sequence[str]) -> LockSpecification:
     """conda-lock's LockSpecification for ENV_FILES on PLATFORMS (conda-lock's parser, selectors included)."""
+    import logging
+
     from conda_lock.src_parser import make_lock_spec
 
+    # conda-lock logs a warning for every line a platform selector filters out: expected, not news.
+    logging.getLogger("conda_lock.src_parser.selectors").setLevel(logging.ERROR)
     paths = [Path(p) for p in env_files]
     if not paths:
         raise InvalidDocumentError("no environment file given (use -f ENVFILE)")
