@@ -1,0 +1,88 @@
+"""Benchmark `env verify` on a real 300-package prefix (target: <= 0.5 s without --deep).
+
+    python benchmarks/bench_env.py [--packages 300] [--runs 7]
+
+Builds a local channel of N packages (tests/local_channel.py), locks it with `reprotrain lock`'s
+py-rattler path, installs it with `env create`, then times, each RUNS times (median reported):
+  baseline      read_lockfile() alone: parsing the lock, which verify must do anyway
+  verify        verify_environment(), in a warm process
+  verify --deep the same, re-hashing every installed file
+  CLI baseline  `python -c pass` (interpreter start)
+  CLI verify    `python -m reprotrain env verify` end to end, a fresh process each run
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from local_channel import build_large_channel, write_environment_file  # noqa: E402
+
+from reprotrain.envlock.create import create_environment  # noqa: E402
+from reprotrain.envlock.lockfile import read_lockfile  # noqa: E402
+from reprotrain.envlock.solve import lock  # noqa: E402
+from reprotrain.envlock.verify import verify_environment  # noqa: E402
+
+TARGET_S = 0.5
+
+
+def _median(fn, runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--packages", type=int, default=300)
+    parser.add_argument("--runs", type=int, default=7)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-env-") as scratch:
+        work = Path(scratch)
+        channel = build_large_channel(work / "channel", count=args.packages)
+        env_file = write_environment_file(work / "environment.yml", channel, ["bench-all"])
+        lockfile = work / "conda-lock.yml"
+        lock([env_file], platforms=["linux-64"], lockfile=lockfile, solver="rattler")
+        prefix = work / "env"
+        report = create_environment(lockfile, prefix, platform="linux-64", use_conda=False)
+        assert report.verify.matches and report.conda_packages == args.packages + 1, report.to_dict()
+
+        def verify(deep=False):
+            result = verify_environment(lockfile, prefix, deep=deep)
+            assert result.matches
+
+        cli = [sys.executable, "-m", "reprotrain", "env", "verify", "--lockfile", str(lockfile),
+               "--prefix", str(prefix)]
+        rows = [
+            ("baseline: read_lockfile", _median(lambda: read_lockfile(lockfile), args.runs)),
+            ("verify_environment", _median(verify, args.runs)),
+            ("verify_environment --deep", _median(lambda: verify(deep=True), args.runs)),
+            ("CLI baseline: python -c pass",
+             _median(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), args.runs)),
+            ("CLI: reprotrain env verify",
+             _median(lambda: subprocess.run(cli, check=True, capture_output=True), args.runs)),
+        ]
+    library_base, cli_base = rows[0][1], rows[3][1]
+    print(f"env verify, {args.packages + 1}-package prefix, median of {args.runs} runs")
+    print(f"{'what':<32} {'median s':>9} {'x baseline':>11}")
+    for i, (name, seconds) in enumerate(rows):
+        base = library_base if i < 3 else cli_base
+        print(f"{name:<32} {seconds:>9.3f} {seconds / base:>11.2f}")
+    ok = rows[1][1] <= TARGET_S
+    print(f"target: verify_environment <= {TARGET_S} s: {'met' if ok else 'NOT met'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
