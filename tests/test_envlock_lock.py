@@ -217,3 +217,30 @@ def test_conda_lock_executable_path_writes_the_same_format(channel, tmp_path):
     ours = tmp_path / "rattler.yml"
     lock([env], lockfile=ours, platforms=["linux-64"], solver="rattler")
     assert read_lockfile(ours).metadata.content_hash == read_lockfile(tmp_path / "conda-lock.yml").metadata.content_hash
+
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name, platforms, torch_build", [
+    ("environment-cpu.yml", ["linux-64", "osx-arm64", "win-64"], "cpu*"),
+    ("environment-cuda.yml", ["linux-64", "win-64"], "cuda*"),
+])
+def test_project_environment_files_parse(name, platforms, torch_build):
+    from reprotrain.envlock.solve import declared_platforms, make_spec
+
+    path = PROJECT / "envs" / name
+    assert declared_platforms([path]) == platforms
+    spec = make_spec([path], platforms)
+    assert [c.url for c in spec.channels] == ["conda-forge"]
+    for platform in platforms:
+        deps = {d.name: d for d in spec.dependencies[platform]}
+        assert deps["pytorch"].build == torch_build and "torchvision" in deps and "py-rattler" in deps
+
+
+@pytest.mark.skipif(not (PROJECT / "conda-lock.yml").exists(),
+                    reason="conda-lock.yml is not produced yet: no conda channel is reachable where this project is "
+                           "built; run `reprotrain lock -f envs/environment-cpu.yml --lockfile conda-lock.yml`")
+def test_project_lock_is_not_stale():
+    result = check(PROJECT / "conda-lock.yml")
+    assert result["stale"] is False, result["platforms"]
