@@ -79,10 +79,8 @@ def create_environment(lockfile: str | os.PathLike, prefix: str | os.PathLike, p
 
 def _find_conda() -> str | None:
     """A conda/mamba/micromamba executable already installed, never downloading one."""
-    try:
-        from reprotrain.envlock.solve import find_conda_executable
-    except ImportError:  # pragma: no cover - solve.py is part of the same package
-        return None
+    from reprotrain.envlock.solve import find_conda_executable
+
     found = find_conda_executable()
     return os.fspath(found) if found else None
 
