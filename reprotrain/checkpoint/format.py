@@ -67,13 +67,15 @@ def serialize(obj: Any) -> tuple[bytes, list[tuple[str, Any]]]:
 
 def write(fileobj: BinaryIO, manifest: dict, state: dict, *, force_zip64: bool = False) -> str:
     """Write a checkpoint to an open binary file; return the integrity digest. The caller makes it durable."""
-    pickled, storages = serialize({"reprotrain": manifest, "state": state})
+    manifest_json = json.dumps(manifest, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+    # The pickled copy is rebuilt from the JSON so that it holds only plain types (no str subclasses).
+    pickled, storages = serialize({"reprotrain": json.loads(manifest_json), "state": state})
     writer = ContainerWriter(fileobj, force_zip64=force_zip64)
     writer.write_record(f"{ARCHIVE}/data.pkl", pickled)
     writer.write_record(f"{ARCHIVE}/.format_version", b"1")
     writer.write_record(f"{ARCHIVE}/.storage_alignment", str(container.ALIGNMENT).encode())
     writer.write_record(f"{ARCHIVE}/byteorder", sys.byteorder.encode())
-    writer.write_record(MANIFEST_RECORD, json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode())
+    writer.write_record(MANIFEST_RECORD, manifest_json)
     for key, storage in storages:
         writer.write_record(f"{ARCHIVE}/data/{key}", _storage_bytes(storage))
     writer.write_record(f"{ARCHIVE}/version", b"3\n")

@@ -1,0 +1,119 @@
+"""The training state tree: what goes under "state" in a checkpoint, checked to hold only safe types."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import OrderedDict
+from typing import Any
+
+import torch
+
+from reprotrain.checkpoint import reader
+from reprotrain.errors import ReprotrainError
+
+# Exact types: subclasses (numpy.str_, TorchVersion, defaultdict) would pickle as their own class.
+_PLAIN = frozenset({str, int, float, bool, type(None), bytes, complex, torch.dtype, torch.device, torch.Size})
+_SECRET_KEY = re.compile(r"(token|secret|passw(or)?d|api[_-]?key|access[_-]?key|private[_-]?key|credential)", re.I)
+REDACTED = "<redacted>"
+
+
+class UnsafeState(ReprotrainError):
+    exit_code = 2
+
+
+def check_tree(value: Any, where: str = "state") -> None:
+    """Refuse anything the weights-only unpickler could not read back (arbitrary class instances)."""
+    if isinstance(value, torch.Tensor):
+        if type(value) is not torch.Tensor and not isinstance(value, torch.nn.Parameter):
+            raise UnsafeState(f"{where} is a {type(value).__name__} (a tensor subclass); store a plain tensor")
+        return
+    if type(value) in _PLAIN:
+        return
+    if type(value) in (dict, OrderedDict):
+        for k, v in value.items():
+            if type(k) not in (str, int, float, bool, type(None)):
+                raise UnsafeState(f"{where} has a key of type {type(k).__name__}; use str or int keys")
+            check_tree(v, f"{where}[{k!r}]")
+        return
+    if type(value) in (list, tuple):
+        for i, v in enumerate(value):
+            check_tree(v, f"{where}[{i}]")
+        return
+    raise UnsafeState(f"{where} is a {type(value).__module__}.{type(value).__qualname__} instance; checkpoints hold "
+                      "only tensors and plain values (dict, list, tuple, str, numbers, bool, None) so that "
+                      "torch.load(weights_only=True) can read them")
+
+
+def redact_secrets(value: Any) -> Any:
+    """Copy of a config tree with values under secret-looking keys replaced (tokens never reach a checkpoint)."""
+    if isinstance(value, dict):
+        return {k: (REDACTED if isinstance(k, str) and _SECRET_KEY.search(k) and v not in (None, "") else redact_secrets(v))
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_secrets(v) for v in value]
+    return value
+
+
+def tensor_stats(tree: Any) -> tuple[int, int]:
+    """(number of distinct storages, their bytes) in a state tree."""
+    seen: dict[int, int] = {}
+
+    def walk(v):
+        if isinstance(v, torch.Tensor):
+            s = v.untyped_storage()
+            seen[s._cdata] = s.nbytes()
+        elif isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                walk(x)
+
+    walk(tree)
+    return len(seen), sum(seen.values())
+
+
+class Snapshot:
+    """Reusable CPU buffers for copying a state tree off the training thread's tensors (asynchronous saves).
+
+    Buffers are kept between saves, keyed by position in the tree, so a steady-state snapshot is a memcpy
+    into memory that is already mapped (no page faults, no allocator traffic).
+    """
+
+    def __init__(self):
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def take(self, tree: Any, where: str = "") -> Any:
+        if isinstance(tree, torch.Tensor):
+            buf = self._buffers.get(where)
+            if buf is None or buf.shape != tree.shape or buf.dtype != tree.dtype:
+                buf = torch.empty(tree.shape, dtype=tree.dtype, device="cpu",
+                                  pin_memory=tree.is_cuda and torch.cuda.is_available())
+                self._buffers[where] = buf
+            buf.copy_(tree.detach(), non_blocking=tree.is_cuda)
+            return buf
+        if isinstance(tree, dict):
+            return type(tree)((k, self.take(v, f"{where}/{k}")) for k, v in tree.items()) \
+                if isinstance(tree, OrderedDict) else {k: self.take(v, f"{where}/{k}") for k, v in tree.items()}
+        if isinstance(tree, list):
+            return [self.take(v, f"{where}/{i}") for i, v in enumerate(tree)]
+        if isinstance(tree, tuple):
+            return tuple(self.take(v, f"{where}/{i}") for i, v in enumerate(tree))
+        return tree  # immutable plain value
+
+    def sync(self) -> None:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+
+
+def load(path: str | os.PathLike, *, map_location: Any = "cpu", mmap: bool = False) -> dict:
+    """Load a checkpoint's object with the weights-only unpickler: {"reprotrain": manifest, "state": ...}."""
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as exc:  # torch raises many types for damaged files; all mean the same to the user
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise reader.CorruptCheckpoint(f"cannot load: {first}", path=path) from None
+    if not isinstance(obj, dict) or "state" not in obj or "reprotrain" not in obj:
+        raise reader.NotACheckpoint("not a reprotrain checkpoint (no 'reprotrain' and 'state' keys)", path=path)
+    return obj
