@@ -38,6 +38,8 @@ def _top_level_value(data: bytes, key: str):
     start = at + len(marker)
     end = data.find(b"\n", start)
     raw = data[start:end if end >= 0 else len(data)].rstrip().rstrip(b",")
+    if len(raw) >= 2 and raw[0] == raw[-1] == 0x22 and b"\\" not in raw and b'"' not in raw[1:-1]:
+        return raw[1:-1].decode("utf-8")  # the common case: a plain string, no JSON escapes to undo
     return json.loads(raw)
 
 
