@@ -275,6 +275,184 @@ def env_create(lockfile, prefix, platform, categories, solver, as_json) -> None:
 
 # --- checkpoints: verify, inspect, ls, diff -------------------------------------------------
 
+def _console():
+    from rich.console import Console
+
+    return Console(width=max(100, Console().width), highlight=False)
+
+
+def _human_size(size) -> str:
+    if size is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+
+
+@main.command("verify")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document with every result.")
+@click.option("--against", metavar="FINGERPRINT.json", type=click.Path(dir_okay=False),
+              help="Compare recorded fingerprints with this one instead of the live environment.")
+@click.option("--lock", "lockfile", metavar="conda-lock.yml", type=click.Path(dir_okay=False),
+              help="Also check the recorded Python/torch/CUDA/cuDNN against what this lock pins.")
+@click.option("--policy", "policy_path", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Per-field fingerprint policy (YAML or JSON).")
+@click.option("--on-mismatch", type=click.Choice(["refuse", "warn", "ignore"]),
+              help="Global override: every environment difference refuses, warns, or only informs.")
+@click.option("--no-digest", is_flag=True, help="Manifest only: skip re-hashing the file (fast; no torch import).")
+def verify_command(paths, as_json, against, lockfile, policy_path, on_mismatch, no_digest):
+    """Verify checkpoints: integrity, manifest schema, and the recorded environment.
+
+    Any file is accepted: files that are not reprotrain checkpoints are classified
+    without executing anything in them (unsafe pickles are refused).
+
+    \b
+    Exit codes (several files: the worst, ranked 2 > 3 > 1 > 0):
+      0  ok (warnings allowed)
+      1  environment refused by policy (fingerprint or lock)
+      2  corrupt, unreadable or invalid (unsafe pickles included)
+      3  a readable PyTorch file that is not a reprotrain checkpoint (legacy format included)
+    """
+    from reprotrain.checkpoint.audit import verify_paths, worst_exit_code
+
+    results = verify_paths(paths, against=against, lock=lockfile, policy=policy_path, on_mismatch=on_mismatch,
+                           digest=not no_digest)
+    code = worst_exit_code(r.exit_code for r in results)
+    if as_json:
+        emit_json({"exit_code": code, "results": [r.to_dict() for r in results]})
+    else:
+        labels = {0: "OK", 1: "REFUSED", 2: "CORRUPT", 3: "FOREIGN"}
+        for r in results:
+            click.echo(f"{labels.get(r.exit_code, r.exit_code):<8} {r.path}: {r.reason}")
+            for warning in r.warnings:
+                click.echo(f"         warning: {warning}")
+    sys.exit(code)
+
+
+@main.command("inspect")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON (manifest included).")
+def inspect_command(path, as_json):
+    """Manifest, lineage, tensor summary and model-state digest of checkpoint PATH.
+
+    The state digest is equal exactly when the model weights are bit-identical.
+
+    \b
+    Exit codes: 0 shown, 2 corrupt, unreadable or invalid, 3 not a reprotrain checkpoint.
+    """
+    from reprotrain.checkpoint.audit import inspect_path
+
+    report = inspect_path(path)
+    if as_json:
+        emit_json(report)
+        return
+    from rich.table import Table
+
+    m = report["manifest"]
+    monitor = m.get("monitor") or {}
+    metrics = ", ".join(f"{k} {v}" for k, v in m["metrics"].items()) or "-"
+    lines = [f"{path}: reprotrain checkpoint, {_human_size(report['size'])}, integrity ok",
+             f"run {m['run_id']}  kind {m['kind']}  epoch {m['epoch']}  step {m['step']}  samples {m['samples_seen']}",
+             f"created {m['created']}  resumable {str(m['resumable']).lower()}"
+             + (f"  reason {m['reason']}" if m.get("reason") else ""),
+             f"metrics {metrics}" + (f"  (monitor {monitor.get('name')} {monitor.get('mode')})" if monitor else ""),
+             f"fingerprint {m['fingerprint_digest']}  torch {m['fingerprint'].get('torch', {}).get('version')}  "
+             f"python {m['fingerprint'].get('python', {}).get('version')}",
+             f"writer reprotrain {m['writer'].get('reprotrain')}  torch {m['writer'].get('torch') or '-'}"]
+    click.echo("\n".join(lines))
+    console = _console()
+    lineage = Table(title="lineage", title_justify="left")
+    for column in ("segment", "steps", "fingerprint", "started", "ended", "end", "world", "host"):
+        lineage.add_column(column)
+    for seg in report["lineage"]:
+        lineage.add_row(str(seg["segment"]), f"{seg['first_step']}-{seg['last_step']}",
+                        seg["fingerprint_digest"][7:19], seg["started"], seg["ended"] or "-",
+                        seg["end_reason"] or "-", str(seg["world_size"]), seg.get("host") or "-")
+    console.print(lineage)
+    t = report["tensors"]
+    dtypes = ", ".join(f"{k} {v}" for k, v in t["dtypes"].items()) or "-"
+    click.echo(f"tensors {t['count']}, {_human_size(t['bytes'])}; dtypes {dtypes}")
+    largest = Table(title="largest tensors", title_justify="left")
+    for column in ("name", "dtype", "shape", "size"):
+        largest.add_column(column, justify="right" if column == "size" else "left")
+    for row in t["largest"]:
+        largest.add_row(row["name"], row["dtype"], "x".join(map(str, row["shape"])) or "scalar",
+                        _human_size(row["bytes"]))
+    console.print(largest)
+    click.echo(f"model state digest {report['state_digest'] or '- (no model state)'}")
+    click.echo(f"model+optimizer digest {report['training_state_digest']}")
+
+
+@main.command("ls")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the listing as JSON.")
+@click.option("--no-digest", is_flag=True, help="Do not re-hash every file (faster; damage inside tensor "
+              "data goes unnoticed).")
+def ls_command(run_dir, as_json, no_digest):
+    """Every checkpoint of RUN_DIR: kind, epoch, step, metric, size, created, valid, and resume's pick.
+
+    \b
+    Exit codes: 0 listed, 2 RUN_DIR missing or unreadable.
+    """
+    from reprotrain.checkpoint.audit import list_run
+
+    listing = list_run(run_dir, deep=not no_digest)
+    if as_json:
+        emit_json(listing)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{run_dir}", title_justify="left")
+    for column in ("", "name", "kind", "epoch", "step", "metric", "size", "created", "valid"):
+        table.add_column(column, justify="right" if column in ("epoch", "step", "size") else "left")
+    for row in listing["checkpoints"]:
+        monitor = row["monitor"]
+        metric = f"{monitor['name']} {monitor['value']}" if monitor else "-"
+        table.add_row("*" if row["resume"] else "", row["name"], row["kind"] or "-",
+                      "-" if row["epoch"] is None else str(row["epoch"]), "-" if row["step"] is None else str(row["step"]),
+                      metric, _human_size(row["size"]), row["created"] or "-",
+                      "yes" if row["valid"] else f"NO: {row['problem']}")
+    _console().print(table)
+    click.echo(f"resume would pick: {listing['resume'] or 'nothing (start fresh)'}")
+
+
+@main.command("diff")
+@click.argument("a", type=click.Path(dir_okay=False))
+@click.argument("b", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
+def diff_command(a, b, as_json):
+    """Fingerprint, lineage and manifest differences between checkpoints A and B.
+
+    \b
+    Exit codes: 0 same environment and lineage (other manifest fields may differ),
+    1 they differ, 2 unreadable or corrupt, 3 one is not a reprotrain checkpoint.
+    """
+    from reprotrain.checkpoint.audit import diff_paths
+
+    result = diff_paths(a, b)
+    if as_json:
+        emit_json(result)
+    else:
+        from reprotrain.fingerprint.policy import _show
+
+        differences = result["fingerprint"]["differences"]
+        click.echo(f"environment: {len(differences)} differences" if differences else "environment: identical")
+        for d in differences:
+            click.echo(f"  {d['field']}: {_show(d['recorded'])} -> {_show(d['live'])} ({d['severity']} on resume)")
+        lineage = result["lineage"]
+        click.echo(f"lineage: {'same run' if lineage['same_run'] else 'different runs'}, "
+                   f"{lineage['common_segments']} common segments")
+        for side in ("a", "b"):
+            for seg in lineage[f"only_{side}"]:
+                click.echo(f"  only {side.upper()}: segment {seg['segment']} steps {seg['first_step']}-"
+                           f"{seg['last_step']} ({seg['end_reason'] or '-'})")
+        for row in result["manifest"]:
+            click.echo(f"  {row['field']}: {_show(row['a'])} -> {_show(row['b'])}")
+    sys.exit(0 if result["identical_environment_and_lineage"] else 1)
+
+
 # --- training ------------------------------------------------------------------------------
 
 # (option, TrainConfig field, click kwargs): the config options of `train`; each may also come from --config FILE.
