@@ -9,7 +9,8 @@ Two sources, chosen per section and recorded in ``doc["sources"]``:
   and NVML (no subprocess such as nvidia-smi).
 
 Only a fixed allow-list of environment variables is read (CONDA_PREFIX, CUBLAS_WORKSPACE_CONFIG,
-PYTHONHASHSEED); nothing else from the environment reaches the document.
+PYTHONHASHSEED, and CUDA_VISIBLE_DEVICES to pick the devices NVML describes); nothing else from the
+environment reaches the document.
 """
 
 from __future__ import annotations
@@ -125,7 +126,7 @@ def _torch_section(runtime: bool, pip: list[dict], conda: list[dict]) -> dict:
         import torch
 
         cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-        return {"version": torch.__version__, "git_version": getattr(torch.version, "git_version", None),
+        return {"version": str(torch.__version__), "git_version": getattr(torch.version, "git_version", None),
                 "debug": bool(getattr(torch.version, "debug", False)), "cuda": torch.version.cuda,
                 "cudnn": normalise_cudnn(cudnn) if torch.version.cuda else None,
                 "hip": getattr(torch.version, "hip", None)}
@@ -150,8 +151,37 @@ def _libraries_section(pip: list[dict], conda: list[dict]) -> tuple[dict, str]:
     return versions, "runtime" if runtime else "static"
 
 
-def _nvml_accelerators(cuda_build: bool) -> dict | None:
-    """Devices and driver via NVML bindings, without creating a CUDA context; None without the bindings."""
+def visible_device_indices(spec: str | None, uuids: list[str]) -> list[int] | None:
+    """The NVML indices CUDA exposes under CUDA_VISIBLE_DEVICES=SPEC, in CUDA's order (None: cannot tell).
+
+    CUDA reads the list up to its first invalid or repeated entry; an entry is an index or a unique
+    prefix of a `GPU-` UUID. MIG instances are not NVML devices, so a `MIG-` entry means "unknown".
+    """
+    if spec is None:
+        return list(range(len(uuids)))
+    chosen: list[int] = []
+    for entry in (part.strip() for part in spec.split(",")):
+        if entry.startswith("MIG-"):
+            return None
+        if entry.isdigit():
+            index = int(entry) if int(entry) < len(uuids) else None
+        elif entry.startswith("GPU-"):
+            matches = [i for i, uuid in enumerate(uuids) if uuid.startswith(entry)]
+            index = matches[0] if len(matches) == 1 else None
+        else:
+            index = None
+        if index is None or index in chosen:
+            break
+        chosen.append(index)
+    return chosen
+
+
+def _nvml_text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _nvml_accelerators(visible: str | None) -> dict | None:
+    """Devices and driver via NVML bindings, without creating a CUDA context; None when NVML cannot tell."""
     try:
         import pynvml
     except ImportError:
@@ -162,17 +192,20 @@ def _nvml_accelerators(cuda_build: bool) -> dict | None:
         # No NVIDIA driver on this machine: no CUDA device can be used.
         return {"cuda_available": False, "device_count": 0, "driver_version": None, "devices": []}
     try:
-        driver = pynvml.nvmlSystemGetDriverVersion()
+        driver = _nvml_text(pynvml.nvmlSystemGetDriverVersion())
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        indices = visible_device_indices(visible, [_nvml_text(pynvml.nvmlDeviceGetUUID(h)) for h in handles])
+        if indices is None:
+            return None
         devices = []
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        for cuda_index, nvml_index in enumerate(indices):
+            handle = handles[nvml_index]
             major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
-            name = pynvml.nvmlDeviceGetName(handle)
-            devices.append({"index": index, "name": name.decode() if isinstance(name, bytes) else name,
+            devices.append({"index": cuda_index, "name": _nvml_text(pynvml.nvmlDeviceGetName(handle)),
                             "compute_capability": f"{major}.{minor}",
                             "memory_bytes": int(pynvml.nvmlDeviceGetMemoryInfo(handle).total)})
-        return {"cuda_available": bool(devices) and cuda_build, "device_count": len(devices),
-                "driver_version": driver.decode() if isinstance(driver, bytes) else driver, "devices": devices}
+        return {"cuda_available": bool(devices), "device_count": len(devices), "driver_version": driver,
+                "devices": devices}
     except pynvml.NVMLError:
         return None
     finally:
@@ -182,18 +215,24 @@ def _nvml_accelerators(cuda_build: bool) -> dict | None:
             pass
 
 
-def _accelerators_section(runtime: bool, cuda_build: bool) -> dict:
+def _accelerators_section(runtime: bool, torch_section: dict, visible: str | None) -> dict:
     unknown = {"cuda_available": None, "device_count": None, "driver_version": None, "devices": None}
+    no_cuda = {"cuda_available": False, "device_count": 0, "driver_version": None, "devices": []}
     if not runtime:
-        return _nvml_accelerators(cuda_build) or unknown
+        if torch_section["hip"]:
+            return unknown  # ROCm devices are not visible to NVML
+        if not torch_section["cuda"]:
+            return no_cuda  # a CPU-only torch (or none) uses no GPU, as torch.cuda.is_available() would say
+        return _nvml_accelerators(visible) or unknown
     import torch
 
     if not torch.cuda.is_available():
-        return {"cuda_available": False, "device_count": 0, "driver_version": None, "devices": []}
-    nvml = _nvml_accelerators(True)
+        return no_cuda
+    nvml = _nvml_accelerators(visible) if torch.version.cuda else None
     count = torch.cuda.device_count()
     if torch.cuda.is_initialized() or nvml is None or nvml["device_count"] != count:
-        # torch's view honours CUDA_VISIBLE_DEVICES; NVML sees every GPU, so use it only when they agree.
+        # NVML describes the devices without creating a CUDA context; once CUDA is initialised (or if the
+        # two disagree on the count, e.g. CUDA_DEVICE_ORDER) torch's own view is cheaper and authoritative.
         devices = []
         for index in range(count):
             props = torch.cuda.get_device_properties(index)
@@ -253,8 +292,11 @@ def _code_section(code_dir: str) -> dict:
             commit = None if oid == "(initial)" else oid
         elif line and not line.startswith("#"):
             dirty = True
-    toplevel = subprocess.run(["git", "-C", code_dir, "rev-parse", "--show-toplevel"], capture_output=True,
-                              text=True, timeout=_GIT_TIMEOUT_S, env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
+    try:
+        toplevel = subprocess.run(["git", "-C", code_dir, "rev-parse", "--show-toplevel"], capture_output=True,
+                                  text=True, timeout=_GIT_TIMEOUT_S, env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
+    except (OSError, subprocess.SubprocessError):
+        return none
     repository = toplevel.stdout.strip() if toplevel.returncode == 0 else None
     return {"repository": repository, "git_commit": commit, "git_dirty": dirty}
 
@@ -265,7 +307,9 @@ def collect(*, lock_section: dict | None = None, code_dir: str | None = None, fu
     torch is consulted at runtime only if this process already imported it; otherwise its
     versions are read from disk. ``full`` adds every conda package and Python distribution.
     """
-    env = {name: os.environ.get(name) for name in ("CONDA_PREFIX", "CUBLAS_WORKSPACE_CONFIG", "PYTHONHASHSEED")}
+    # The allow-list of environment variables read; CUDA_VISIBLE_DEVICES only selects devices, it is not recorded.
+    env = {name: os.environ.get(name)
+           for name in ("CONDA_PREFIX", "CUBLAS_WORKSPACE_CONFIG", "PYTHONHASHSEED", "CUDA_VISIBLE_DEVICES")}
     runtime = "torch" in sys.modules
     runtime_label = "runtime" if runtime else "static"
 
@@ -274,7 +318,7 @@ def collect(*, lock_section: dict | None = None, code_dir: str | None = None, fu
     pip = _packages.python_distributions()
     torch_section = _torch_section(runtime, pip, conda)
     libraries, libraries_source = _libraries_section(pip, conda)
-    accelerators = _accelerators_section(runtime, bool(torch_section["cuda"]))
+    accelerators = _accelerators_section(runtime, torch_section, env["CUDA_VISIBLE_DEVICES"])
 
     packages_section = {
         "conda": {"prefix": prefix, "count": len(conda) if prefix else None,
