@@ -232,3 +232,43 @@ def test_cudnn_versions_from_torch_and_from_packages_normalise_alike(value, expe
     from reprotrain.fingerprint.collect import normalise_cudnn
 
     assert normalise_cudnn(value) == expected
+
+
+UUIDS = ["GPU-aaaa1111-0000", "GPU-bbbb2222-0000", "GPU-bbbb3333-0000"]
+
+
+@pytest.mark.parametrize("spec, expected", [
+    (None, [0, 1, 2]),                       # unset: every device, in NVML order
+    ("", []),                                # set but empty: no device
+    ("2,0", [2, 0]),                         # CUDA renumbers in the order given
+    ("1,7,0", [1]),                          # CUDA stops at the first invalid entry
+    ("0,0,1", [0]),                          # ... and at a repeated one
+    ("-1", []),
+    ("GPU-aaaa,GPU-bbbb3", [0, 2]),          # unique UUID prefixes
+    ("GPU-bbbb", []),                        # an ambiguous prefix is invalid
+    (" 1 , 2 ", [1, 2]),
+    ("MIG-0f2c5b36-1111", None),             # MIG instances are not NVML devices: unknown
+])
+def test_cuda_visible_devices_select_nvml_devices_as_cuda_does(spec, expected):
+    from reprotrain.fingerprint.collect import visible_device_indices
+
+    assert visible_device_indices(spec, UUIDS) == expected
+
+
+@pytest.mark.parametrize("cuda, hip, accelerators", [
+    (None, "6.2.41133", {"cuda_available": None, "device_count": None, "driver_version": None, "devices": None}),
+    (None, None, {"cuda_available": False, "device_count": 0, "driver_version": None, "devices": []}),
+])
+def test_static_accelerators_follow_the_torch_build(tmp_path, cuda, hip, accelerators):
+    # A ROCm build's GPUs are invisible to NVML, so a static fingerprint says "unknown" rather than
+    # "no GPU"; a CPU-only build uses no GPU whatever NVML sees, as torch.cuda.is_available() would say.
+    torch_dir = tmp_path / "site" / "torch"
+    torch_dir.mkdir(parents=True)
+    (torch_dir / "__init__.py").write_text("raise ImportError('static collection must not import torch')\n")
+    (torch_dir / "version.py").write_text(f"__version__ = '2.14.1'\ncuda = {cuda!r}\nhip = {hip!r}\n"
+                                          "git_version = 'unknown'\ndebug = False\n")
+    result = _collect_in_subprocess("from reprotrain import fingerprint as fp\ndoc = fp.collect()",
+                                    env={"PYTHONPATH": str(tmp_path / "site")}, cwd=tmp_path)
+    assert result["torch_imported"] is False
+    assert result["doc"]["torch"]["hip"] == hip
+    assert result["doc"]["accelerators"] == accelerators
