@@ -321,13 +321,13 @@ def check_integrity(f: BinaryIO, directory: Directory) -> IntegrityReport:
     problems: list[str] = []
     meta = hashlib.sha256()
     checked = 0
-    buf = bytearray(CHUNK)
+    buf = bytearray(min(CHUNK, max(directory.comment_start, 1)))
     for start, end, rec in _regions(directory):
         f.seek(start)
         crc = 0
         remaining = end - start
         while remaining:
-            n = f.readinto(memoryview(buf)[:min(CHUNK, remaining)])
+            n = f.readinto(memoryview(buf)[:min(len(buf), remaining)])
             if not n:
                 raise ContainerError(f"truncated: file ends at byte {start + (end - start - remaining)}")
             chunk = memoryview(buf)[:n]

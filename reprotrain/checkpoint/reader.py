@@ -67,7 +67,53 @@ class CheckpointInfo:
         return self.manifest["step"]
 
 
+class ObjectURL(str):
+    """A checkpoint or run directory in an object store (``s3://bucket/key``): a str with ``name`` and ``/`` as a Path has.
+
+    ``pathlib.Path`` would collapse ``s3://`` into ``s3:/``, so URLs keep their own type.
+    """
+
+    @property
+    def name(self) -> str:
+        return self.rstrip("/").rsplit("/", 1)[-1]
+
+    def __truediv__(self, other: str) -> "ObjectURL":
+        return ObjectURL(f"{self.rstrip('/')}/{other}")
+
+
+def is_url(location) -> bool:
+    """True for fsspec URLs other than local files (s3://, gs://, oss://, memory://, ...)."""
+    return isinstance(location, str) and "://" in location and not location.startswith("file://")
+
+
+def as_location(location: str | os.PathLike) -> "Path | ObjectURL":
+    """A Path for local files, an ObjectURL for object-store URLs."""
+    if isinstance(location, ObjectURL):
+        return location
+    if is_url(location):
+        return ObjectURL(location)
+    return Path(location)
+
+
+def _open_url(url: str):
+    import fsspec
+
+    try:
+        fs, key = fsspec.core.url_to_fs(url)
+        return fs.open(key, "rb", block_size=8 << 20)
+    except FileNotFoundError:
+        raise CorruptCheckpoint("no such object", path=url) from None
+    except PermissionError:
+        raise CorruptCheckpoint("access denied", path=url) from None
+    except (ImportError, ValueError) as exc:  # protocol package missing (s3fs, ossfs, gcsfs) or bad URL
+        raise CorruptCheckpoint(f"cannot open: {exc}", path=url) from None
+    except OSError as exc:
+        raise CorruptCheckpoint(f"cannot open: {exc.strerror or exc}", path=url) from None
+
+
 def _open(path: str | os.PathLike):
+    if is_url(path):
+        return _open_url(path)
     try:
         return open(path, "rb")
     except IsADirectoryError:
@@ -80,8 +126,12 @@ def _open(path: str | os.PathLike):
         raise CorruptCheckpoint(f"cannot open: {exc.strerror or exc}", path=path) from None
 
 
-def read_info(path: str | os.PathLike) -> CheckpointInfo:
-    """Read and validate the manifest. Raises CorruptCheckpoint or NotACheckpoint."""
+def read_info(path: str | os.PathLike, *, check_integrity: bool = False) -> CheckpointInfo:
+    """Read and validate the manifest; with ``check_integrity`` first re-hash every byte of the file.
+
+    Raises CorruptCheckpoint or NotACheckpoint. The integrity check comes before parsing so that a
+    damaged file is reported as damaged, not as whatever its damaged manifest happens to say.
+    """
     with _open(path) as f:
         try:
             directory = container.read_directory(f)
@@ -96,9 +146,13 @@ def read_info(path: str | os.PathLike) -> CheckpointInfo:
             raise CorruptCheckpoint("reprotrain manifest present but the integrity trailer is missing "
                                     "(truncated or rewritten by another tool)", path=path)
         try:
+            if check_integrity:
+                report = container.check_integrity(f, directory)
+                if not report.ok:
+                    raise CorruptCheckpoint("; ".join(report.problems), path=path)
             raw = container.read_record(f, record)
         except (ContainerError, OSError) as exc:
-            raise CorruptCheckpoint(f"manifest unreadable: {exc}", path=path) from None
+            raise CorruptCheckpoint(f"damaged checkpoint: {exc}", path=path) from None
     try:
         manifest = json.loads(raw)
     except ValueError as exc:
@@ -127,9 +181,5 @@ def check_integrity(info: CheckpointInfo) -> IntegrityResult:
 
 
 def read_valid(path: str | os.PathLike) -> CheckpointInfo:
-    """read_info plus a full integrity check; CorruptCheckpoint if any byte is off."""
-    info = read_info(path)
-    result = check_integrity(info)
-    if not result.ok:
-        raise CorruptCheckpoint("; ".join(result.problems), path=path)
-    return info
+    """read_info after a full integrity check; CorruptCheckpoint if any byte is off."""
+    return read_info(path, check_integrity=True)

@@ -138,6 +138,27 @@ class RunDirectory:
     def checkpoint_paths(self) -> list[Path]:
         return list_checkpoint_paths(self.path)
 
+    def list_checkpoints(self, *, deep: bool = False) -> list["Entry"]:
+        return list_checkpoints(self.path, deep=deep)
+
+    def local_path(self, name: str) -> Path:
+        """Where a side file such as metrics.jsonl is written (object stores mirror it from a local folder)."""
+        return self.path / name
+
+
+def open_run_directory(location, *, log: Callable[[str], None] | None = None):
+    """A RunDirectory for a local path; an object-store run directory for an fsspec URL (s3://, gs://, oss://...).
+
+    An already opened run directory (either kind) is returned as it is.
+    """
+    if hasattr(location, "acquire") and hasattr(location, "commit"):
+        return location
+    if reader.is_url(location):
+        from reprotrain.integrations.objectstore import ObjectRunDirectory
+
+        return ObjectRunDirectory(location, log=log)
+    return RunDirectory(location, log=log)
+
 
 def _unlink_quietly(path: Path) -> None:
     try:
@@ -189,19 +210,24 @@ class Entry:
 
 def read_entry(path: Path, *, deep: bool) -> Entry:
     try:
-        info = reader.read_info(path)
+        info = reader.read_info(path, check_integrity=deep)
     except ReprotrainError as exc:
-        return Entry(path, None, exc.message, False)
-    if deep:
-        result = reader.check_integrity(info)
-        if not result.ok:
-            return Entry(path, info, "; ".join(result.problems), True)
+        return Entry(path, None, exc.message, deep)
     return Entry(path, info, None, deep)
 
 
 def list_checkpoints(run_dir: str | os.PathLike, *, deep: bool = False) -> list[Entry]:
-    """Every `.pth` file of the run directory, newest last; ``deep`` re-hashes every file."""
-    entries = [read_entry(p, deep=deep) for p in list_checkpoint_paths(run_dir)]
+    """Every `.pth` file of the run directory, newest last; ``deep`` re-hashes every file.
+
+    For an object-store URL: every committed checkpoint object (see reprotrain.integrations.objectstore).
+    """
+    if reader.is_url(run_dir):
+        return open_run_directory(run_dir).list_checkpoints(deep=deep)
+    return sort_entries([read_entry(p, deep=deep) for p in list_checkpoint_paths(run_dir)])
+
+
+def sort_entries(entries: list[Entry]) -> list[Entry]:
+    """Invalid entries first, then valid ones oldest to newest."""
     valid = sorted((e for e in entries if e.valid), key=Entry.sort_key)
     return [e for e in entries if not e.valid] + valid
 
