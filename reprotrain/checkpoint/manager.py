@@ -26,7 +26,7 @@ import torch
 
 from reprotrain import __version__, fingerprint as fp
 from reprotrain.checkpoint import format as ckformat
-from reprotrain.checkpoint import rng, state as ckstate, store
+from reprotrain.checkpoint import reader, rng, state as ckstate, store
 from reprotrain.checkpoint.policies import Candidate, RetentionPolicy, SaveClock, SavePolicy, best_value
 from reprotrain.errors import EnvironmentRefused, ReprotrainError
 
@@ -120,7 +120,7 @@ class CheckpointManager:
         self._queue: queue.Queue | None = None
         self._worker: threading.Thread | None = None
         self._background_error: BaseException | None = None
-        self.run_dir = store.RunDirectory(run_dir, log=self.log)
+        self.run_dir = store.open_run_directory(run_dir, log=self.log)
         self.run_dir.acquire()
 
     # ------------------------------------------------------------------ lineage
@@ -138,11 +138,11 @@ class CheckpointManager:
     def resume(self, path: str | os.PathLike | None = None, *, required: bool = False) -> ResumeInfo | None:
         """Load the newest valid checkpoint (or ``path``) into the bound objects, under the environment policy."""
         if path is not None:
-            entry = store.read_entry(Path(path), deep=True)
+            entry = store.read_entry(reader.as_location(path), deep=True)
             if not entry.valid:
                 raise ckformat_error(entry)
         else:
-            entries = store.list_checkpoints(self.run_dir.path)
+            entries = self.run_dir.list_checkpoints()
             entry = store.select_for_resume(entries, report=self.log)
             if entry is None:
                 if required:
@@ -206,7 +206,7 @@ class CheckpointManager:
         self.resumes = len(self.lineage)
         if self.monitor:
             values = []
-            for entry in store.list_checkpoints(self.run_dir.path):
+            for entry in self.run_dir.list_checkpoints():
                 m = entry.info.manifest if entry.valid else None
                 if m and m.get("monitor") and m["monitor"]["name"] == self.monitor and m["run_id"] == self.run_id:
                     values.append(m["monitor"]["value"])
@@ -342,7 +342,7 @@ class CheckpointManager:
         return path
 
     def _apply_retention(self) -> None:
-        entries = store.list_checkpoints(self.run_dir.path)
+        entries = self.run_dir.list_checkpoints()
         pick = store.select_for_resume([e for e in entries if e.valid], report=lambda m: None) if entries else None
         candidates = [Candidate(e.path.name, e.info.manifest["kind"], e.info.manifest["step"], e.info.manifest["created"],
                                 e.resumable, (e.info.manifest.get("monitor") or {}).get("value"))

@@ -110,7 +110,13 @@ class Snapshot:
 def load(path: str | os.PathLike, *, map_location: Any = "cpu", mmap: bool = False) -> dict:
     """Load a checkpoint's object with the weights-only unpickler: {"reprotrain": manifest, "state": ...}."""
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        if reader.is_url(path):  # object stores: read through fsspec (no mmap over the network)
+            with reader._open(path) as f:
+                obj = torch.load(f, map_location=map_location, weights_only=True)
+        else:
+            obj = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except reader.CorruptCheckpoint:
+        raise
     except Exception as exc:  # torch raises many types for damaged files; all mean the same to the user
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise reader.CorruptCheckpoint(f"cannot load: {first}", path=path) from None
