@@ -468,7 +468,9 @@ _TRAIN_OPTIONS = [
     ("--seed", "seed", dict(type=int)),
     ("--num-workers", "num_workers", dict(type=int, help="DataLoader worker processes (resume is bit-exact either way).")),
     ("--device", "device", dict(help="auto (default), cpu, cuda, cuda:N, mps.")),
-    ("--save", "save", dict(help="Save policy: epoch:N, steps:N, seconds:N, exp, list:1,5,10, adaptive:mtbf=S, never.")),
+    ("--threads", "threads", dict(type=int, help="CPU intra-op threads (default 1: same numerics on any machine).")),
+    ("--save", "save", dict(help="Save policy (default epochs:1): epochs:N, steps:N, seconds:T, exp-steps, exp-epochs, "
+                                 "at-steps:LIST, at-epochs:LIST, adaptive:MTBF, never; combine with +.")),
     ("--keep-last", "keep_last", dict(type=int, help="Retention: newest checkpoints kept.")),
     ("--keep-best", "keep_best", dict(type=int, help="Retention: best checkpoints (by --monitor) kept.")),
     ("--keep-every", "keep_every", dict(type=int, help="Retention: also keep every N-th epoch checkpoint.")),

@@ -31,7 +31,10 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     device: str = "auto"                 # auto | cpu | cuda | cuda:N | mps
-    save: str = "epoch:1"                # save policy, see reprotrain.checkpoint.SavePolicy.parse
+    # CPU intra-op threads. Fixed rather than "all cores": CPU reductions can round differently with another
+    # thread count, and a small model on a busy machine runs many times slower with threads competing for cores.
+    threads: int = 1
+    save: str = "epochs:1"               # save policy, see reprotrain.checkpoint.SavePolicy.parse
     keep_last: int = 2
     keep_best: int = 1
     keep_every: int | None = None
@@ -82,7 +85,7 @@ def _coerce(name: str, value, source: str):
 
 
 def _validate(cfg: TrainConfig, source: str) -> TrainConfig:
-    for name in ("epochs", "batch_size", "log_every"):
+    for name in ("epochs", "batch_size", "log_every", "threads"):
         if getattr(cfg, name) < 1:
             raise ReprotrainError(f"{name} must be at least 1, got {getattr(cfg, name)}", path=source)
     for name in ("num_workers", "keep_last", "keep_best"):
