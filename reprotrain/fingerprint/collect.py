@@ -271,6 +271,19 @@ def default_code_dir() -> str:
     return os.getcwd()
 
 
+def _enclosing_worktree(directory: str) -> str | None:
+    """The nearest directory at or above DIRECTORY holding `.git` (a directory, or a file for worktrees and
+    submodules), as git finds it; found without a second git process, which would double the cost."""
+    current = os.path.realpath(directory)
+    while True:
+        if os.path.exists(os.path.join(current, ".git")):
+            return current
+        parent = os.path.dirname(current)
+        if parent == current:
+            return None
+        current = parent
+
+
 def _code_section(code_dir: str) -> dict:
     none = {"repository": None, "git_commit": None, "git_dirty": None}
     try:
@@ -292,12 +305,15 @@ def _code_section(code_dir: str) -> dict:
             commit = None if oid == "(initial)" else oid
         elif line and not line.startswith("#"):
             dirty = True
-    try:
-        toplevel = subprocess.run(["git", "-C", code_dir, "rev-parse", "--show-toplevel"], capture_output=True,
-                                  text=True, timeout=_GIT_TIMEOUT_S, env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
-    except (OSError, subprocess.SubprocessError):
-        return none
-    repository = toplevel.stdout.strip() if toplevel.returncode == 0 else None
+    repository = _enclosing_worktree(code_dir)
+    if repository is None:  # GIT_DIR/GIT_WORK_TREE or another unusual layout: ask git
+        try:
+            toplevel = subprocess.run(["git", "-C", code_dir, "rev-parse", "--show-toplevel"], capture_output=True,
+                                      text=True, timeout=_GIT_TIMEOUT_S,
+                                      env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"})
+        except (OSError, subprocess.SubprocessError):
+            return none
+        repository = toplevel.stdout.strip() or None if toplevel.returncode == 0 else None
     return {"repository": repository, "git_commit": commit, "git_dirty": dirty}
 
 
