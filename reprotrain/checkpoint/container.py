@@ -206,6 +206,9 @@ def read_directory(f: BinaryIO) -> Directory:
             break
         pos = tail.rfind(struct.pack("<I", _SIG_EOCD), 0, pos)
     if pos < 0:
+        f.seek(0)
+        if f.read(4) == struct.pack("<I", _SIG_LOCAL):
+            raise ContainerError("zip archive without its end record (truncated or damaged)")
         raise NotAContainer("not a zip archive (no end-of-central-directory record)")
     eocd_at = file_size - tail_len + pos
     (_, _, _, _, count, cd_size, cd_start, comment_len) = _EOCD.unpack_from(tail, pos)

@@ -3,6 +3,7 @@
 usage: checkpoint_child.py RUN_DIR MODE [STEPS]
 MODE: loop      save every step forever (the parent SIGKILLs it at random instants)
       guard     train under mgr.guard(), one step every 20 ms, until a signal arrives
+      slow      like guard, but every step after the second takes 60 s (a long step in flight)
       raise     raise RuntimeError at step 5 under the guard
       nonfinite save an emergency after a non-finite loss at step 4
 Prints "step N" after each step_done, flushed, so the parent can time its signals.
@@ -47,3 +48,5 @@ with mgr.guard():
         print(f"step {step}", flush=True)
         if mode == "guard":
             time.sleep(0.02)
+        if mode == "slow" and step >= 2:
+            time.sleep(60)
