@@ -10,6 +10,7 @@ Rows (median of RUNS, each figure measured in this same run as its baseline):
   conda-meta read, 300 records                  baseline json.loads of every record (a full parse)
   `reprotrain fingerprint --json` process       target <= 0.25x; baseline `python -m torch.utils.collect_env`
   `reprotrain --help` process                   no torch import; baseline `python -c pass`
+  torch modules imported by `reprotrain --help` and `reprotrain fingerprint --json` (from -X importtime): 0
 """
 
 from __future__ import annotations
@@ -110,12 +111,26 @@ def run(runs: int = 7) -> list[tuple[str, float, str, float, float]]:
     bare = _median_s(_process("-c", "pass", env=env), runs)
     rows.append(("`reprotrain --help` process (ms)", help_time * 1e3, "no torch import", bare * 1e3,
                  help_time / bare))
+    for args in (["--help"], ["fingerprint", "--json"]):
+        count = _torch_modules_imported(args, env)
+        rows.append((f"torch modules imported by `reprotrain {' '.join(args)}`", count, "0", 0.0, 0.0))
     return rows
+
+
+def _torch_modules_imported(args: list[str], env: dict) -> int:
+    """How many torch modules a real `reprotrain ARGS` process imports (from `-X importtime`)."""
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "reprotrain", *args], capture_output=True,
+                         text=True, check=True, cwd=ROOT, env=env)
+    modules = [line.rsplit("|", 1)[1].strip() for line in out.stderr.splitlines()
+               if line.startswith("import time:") and line.count("|") == 2]
+    assert "click" in modules, "the -X importtime probe saw no imports"
+    return sum(1 for m in modules if m == "torch" or m.startswith("torch."))
 
 
 def format_table(rows) -> str:
     header = ("figure", "median", "target", "baseline", "ratio")
-    body = [(f, f"{v:.1f}", t, f"{b:.1f}", f"{r:.3f}x") for f, v, t, b, r in rows]
+    body = [(f, f"{v:.1f}", t, f"{b:.1f}", f"{r:.3f}x") if isinstance(v, float) else (f, str(v), t, "-", "-")
+            for f, v, t, b, r in rows]
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(5)]
     return "\n".join("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in [header, *body])
 
