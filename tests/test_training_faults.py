@@ -197,3 +197,72 @@ def test_interrupted_mid_epoch_then_resumed_is_bit_exact(tmp_path, references, s
     segments = _checkpoints(run_dir)[-1]["lineage"]
     assert len(segments) == 2 and segments[0]["end_reason"] == (
         "lost" if sig == signal.SIGKILL else {"SIGINT": "interrupted", "SIGTERM": "preempted"}[sig.name])
+
+
+def test_second_sigint_exits_at_once(tmp_path):
+    config = tmp_path / "slow.yaml"
+    config.write_text("extra: {delay: 0.01}\n")  # ~0.6 s per batch: both signals land inside one step
+    run_dir = tmp_path / "run"
+    proc = _start(run_dir, *BASE, "--config", str(config))
+    _signal_at_step(proc, run_dir, 1, signal.SIGINT)
+    for line in proc.stderr:
+        if "SIGINT received" in line:
+            break
+    os.kill(proc.pid, signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "saved" not in stderr and not _checkpoints(run_dir, "interrupted")
+
+
+def test_broken_batch_saves_emergency_keeps_resumable_and_fails_clearly(tmp_path):
+    run_dir = tmp_path / "run"
+    result = _train(run_dir, "--task", "test_training_faults:broken_batch_digits", "--save", "steps:5",
+                    "--batch-size", "64", "--epochs", "1", "--quiet")
+    assert result.returncode == 4, result.stderr
+    _no_traceback(result)
+    error = [line for line in result.stderr.splitlines() if line.startswith("reprotrain: error:")]
+    assert len(error) == 1 and "training failed at epoch 1, step 10: RuntimeError" in error[0]
+    (emergency,) = _checkpoints(run_dir, "emergency")
+    assert emergency["resumable"] is False and "RuntimeError" in emergency["reason"]
+    resumable = [c for c in _checkpoints(run_dir) if c["kind"] != "emergency"]
+    assert resumable and resumable[-1]["step"] == 10 and resumable[-1]["resumable"]
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["kind"] == "error" and lines[-1]["step"] == 10
+
+
+def test_crashed_dataloader_worker_is_an_error(tmp_path):
+    config = tmp_path / "slow.yaml"
+    config.write_text("extra: {delay: 0.002}\n")
+    run_dir = tmp_path / "run"
+    proc = _start(run_dir, *BASE, "--config", str(config), "--num-workers", "2")
+    deadline = time.monotonic() + 120
+    while _steps_logged(run_dir) < 3:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    assert len(workers) >= 2, workers
+    os.kill(int(workers[0]), signal.SIGKILL)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 4, stderr
+    assert "Traceback" not in stderr and "DataLoader worker" in stderr
+    (emergency,) = _checkpoints(run_dir, "emergency")
+    assert emergency["resumable"] is False
+
+
+def test_non_finite_loss_stops_before_spoiling_weights(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["--task", "test_training_faults:nan_digits", "--save", "steps:5", "--batch-size", "64", "--epochs", "1",
+            "--quiet"]
+    result = _train(run_dir, *args)
+    assert result.returncode == 4, result.stderr
+    _no_traceback(result)
+    assert "non-finite loss (nan) at epoch 1, batch 11" in result.stderr
+    (emergency,) = _checkpoints(run_dir, "emergency")
+    good = [c for c in _checkpoints(run_dir) if c["kind"] != "emergency"][-1]
+    assert emergency["resumable"] is False and emergency["step"] == good["step"] == 10
+    # The weights in the emergency checkpoint are the last good ones: the NaN step never reached them.
+    _assert_same_tensors(_state(emergency["path"])["model"], _state(good["path"])["model"])
+    assert all(torch.isfinite(t).all() for t in _state(emergency["path"])["model"].values())
+    # The next start resumes the last good checkpoint, never the emergency one.
+    again = _train(run_dir, *args)
+    assert f"resuming from {good['path']}" in again.stderr
