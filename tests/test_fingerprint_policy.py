@@ -216,3 +216,21 @@ def test_empty_policy_file_is_the_default_table(tmp_path):
 def test_compare_validates_both_sides():
     with pytest.raises(InvalidDocumentError, match="<recorded fingerprint>: invalid fingerprint"):
         fp.compare(with_value(gpu_doc(), "torch.cuda", 12), gpu_doc())
+
+
+def test_unknown_accelerators_in_a_static_fingerprint_only_inform():
+    # A static fingerprint taken where NVML bindings are missing knows nothing about the GPUs.
+    static = gpu_doc()
+    static["sources"]["accelerators"] = "static"
+    static["accelerators"] = {"cuda_available": None, "device_count": None, "driver_version": None, "devices": None}
+    for recorded, live in ((gpu_doc(), static), (static, gpu_doc())):
+        result = fp.compare(recorded, live, fp.Policy.load(None, on_mismatch="refuse"))
+        assert [d.field for d in result.differences] == [
+            "accelerators.cuda_available", "accelerators.device_count", "accelerators.driver_version",
+            "accelerators.devices.0.index", "accelerators.devices.0.name", "accelerators.devices.0.compute_capability",
+            "accelerators.devices.0.memory_bytes"]
+        assert {d.severity for d in result.differences} == {"info"} and not result.refused
+        assert result.differences[0].rule.startswith("devices not known")
+    # "no GPU" is an observation, not an unknown: it still warns
+    no_gpu = with_value(with_value(gpu_doc(), "accelerators.cuda_available", False), "accelerators.device_count", 0)
+    assert {d.severity for d in fp.compare(gpu_doc(), no_gpu).differences} == {"warn"}

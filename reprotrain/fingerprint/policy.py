@@ -215,6 +215,15 @@ def _fields(doc: dict) -> dict:
     return {k: v for k, v in flat.items() if not any(fnmatch.fnmatchcase(k, p) for p in _NOT_COMPARED)}
 
 
+def _unknown_reason(name: str, side: dict) -> str | None:
+    """Why SIDE could not observe field NAME (its null means "unknown", not "none"), or None if it could."""
+    if name in _RUNTIME_ONLY and side["sources"]["determinism"] == "static":
+        return "not known without a running torch (static fingerprint)"
+    if name.startswith("accelerators.") and side["accelerators"]["cuda_available"] is None:
+        return "devices not known (static fingerprint without NVML bindings, or a ROCm build)"
+    return None
+
+
 def compare(recorded: dict, live: dict, policy: Policy | None = None) -> Comparison:
     """Every field that differs between RECORDED and LIVE with the severity POLICY gives it."""
     from reprotrain.fingerprint.document import validate
@@ -224,16 +233,17 @@ def compare(recorded: dict, live: dict, policy: Policy | None = None) -> Compari
     policy = policy or Policy()
     old, new = _fields(recorded), _fields(live)
     differences = []
-    for name in sorted(set(old) | set(new), key=lambda n: list(old).index(n) if n in old else len(old)):
+    # Recorded order, then fields only the live side has, grouped by section (stable, so deterministic).
+    names = list(dict.fromkeys([*old, *new]))
+    section_rank = {section: rank for rank, section in enumerate(dict.fromkeys(n.split(".")[0] for n in names))}
+    for name in sorted(names, key=lambda n: section_rank[n.split(".")[0]]):
         a, b = old.get(name), new.get(name)
         if a == b:
             continue
-        if name in _RUNTIME_ONLY and (a is None or b is None):
-            side = recorded if a is None else live
-            if side["sources"]["determinism"] == "static":
-                differences.append(Difference(name, a, b, "info",
-                                              "not known without a running torch (static fingerprint)"))
-                continue
+        unknown = _unknown_reason(name, recorded if a is None else live) if a is None or b is None else None
+        if unknown is not None:
+            differences.append(Difference(name, a, b, "info", unknown))
+            continue
         decided = policy.decide(name, a, b)
         if decided is not None:
             differences.append(Difference(name, a, b, *decided))
