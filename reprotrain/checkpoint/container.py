@@ -27,6 +27,11 @@ import zlib
 from dataclasses import dataclass
 from typing import BinaryIO, Iterable, Iterator
 
+try:  # zlib-ng's CRC-32 is the same function, 3-4x faster (SIMD); plain zlib is the fallback
+    from zlib_ng.zlib_ng import crc32
+except ImportError:  # pragma: no cover - depends on the platform's wheels
+    from zlib import crc32
+
 ARCHIVE = "archive"
 MANIFEST_RECORD = f"{ARCHIVE}/reprotrain/manifest.json"
 DATA_PREFIX = f"{ARCHIVE}/data/"
@@ -125,12 +130,12 @@ class ContainerWriter:
                 chunk = view[start:start + CHUNK]
                 if pending is not None:
                     crc = pending.result()
-                pending = self._crc_pool.submit(zlib.crc32, chunk, crc)
+                pending = self._crc_pool.submit(crc32, chunk, crc)
                 self._emit(chunk, hashed=False)
             if pending is not None:
                 crc = pending.result()
         else:
-            crc = zlib.crc32(view)
+            crc = crc32(view)
             self._emit(view, hashed=True)
         if zip64:
             descriptor = struct.pack("<IIQQ", _SIG_DESCRIPTOR, crc, size, size)
@@ -289,7 +294,7 @@ def _parse_zip64_extra(extra: bytes, usize: int, csize: int, offset: int) -> tup
 
 def read_record(f: BinaryIO, record: Record, *, check_crc: bool = True) -> bytes:
     data = _read_at(f, record.data_offset, record.size)
-    if check_crc and zlib.crc32(data) != record.crc32:
+    if check_crc and crc32(data) != record.crc32:
         raise ContainerError(f"record {record.name} fails its CRC-32 check")
     return data
 
@@ -337,7 +342,7 @@ def check_integrity(f: BinaryIO, directory: Directory) -> IntegrityReport:
             if rec is None:
                 meta.update(chunk)
             else:
-                crc = zlib.crc32(chunk, crc)
+                crc = crc32(chunk, crc)
             remaining -= n
             checked += n
         if rec is not None and crc != rec.crc32:

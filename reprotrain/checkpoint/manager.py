@@ -343,7 +343,7 @@ class CheckpointManager:
 
     def _apply_retention(self) -> None:
         entries = self.run_dir.list_checkpoints()
-        pick = store.select_for_resume([e for e in entries if e.valid], report=lambda m: None) if entries else None
+        pick = store.select_for_resume(entries, deep=False)
         candidates = [Candidate(e.path.name, e.info.manifest["kind"], e.info.manifest["step"], e.info.manifest["created"],
                                 e.resumable, (e.info.manifest.get("monitor") or {}).get("value"))
                       for e in entries if e.valid and e.info.manifest["run_id"] == self.run_id]

@@ -232,14 +232,18 @@ def sort_entries(entries: list[Entry]) -> list[Entry]:
     return [e for e in entries if not e.valid] + valid
 
 
-def select_for_resume(entries: list[Entry], *, report: Callable[[str], None] | None = None) -> Entry | None:
-    """The newest resumable checkpoint whose every byte checks out; newer damaged ones are reported and skipped."""
+def select_for_resume(entries: list[Entry], *, report: Callable[[str], None] | None = None,
+                      deep: bool = True) -> Entry | None:
+    """The newest resumable checkpoint whose every byte checks out; newer damaged ones are reported and skipped.
+
+    ``deep=False`` trusts the manifests (retention uses it right after its own commit).
+    """
     report = report or (lambda msg: None)
     for entry in entries:
         if entry.info is None and entry.problem:
             report(f"skipping unreadable file {entry.path.name}: {entry.problem}")
     for entry in sorted((e for e in entries if e.resumable), key=Entry.sort_key, reverse=True):
-        if not entry.integrity_checked:
+        if deep and not entry.integrity_checked:
             entry = read_entry(entry.path, deep=True)
         if entry.valid:
             return entry
