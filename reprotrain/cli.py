@@ -46,32 +46,60 @@ def main() -> None:
 
 # --- fingerprint -------------------------------------------------------------------------
 
-def _fingerprint_lines(doc: dict) -> list[str]:
-    """The human view of a fingerprint: one `section  field  value` line per scalar, package lists summarised."""
+def _fingerprint_value(name: str, value) -> str:
+    """One value as a person reads it: digests and commits shortened (the JSON keeps them whole)."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if name == "packages" and isinstance(value, list):
+        return f"{len(value)} listed"
+    if name == "devices" and isinstance(value, list):
+        return "; ".join(f"{d['index']}: {d['name']} (sm {d['compute_capability']}, {d['memory_bytes'] / 2**30:.0f} GiB)"
+                         for d in value) or "none"
+    text = str(value)
+    if text.startswith("sha256:") and len(text) == 71:
+        return text[:19] + "…"
+    if name in ("git_version", "git_commit", "sha256", "content_hash") and len(text) >= 40:
+        return text[:12] + "…"
+    return text
+
+
+def _fingerprint_lines(doc: dict, width: int = 100) -> list[str]:
+    """The human view of a fingerprint: one wrapped `section  name=value ...  (source)` line per section."""
+    import textwrap
+
     rows = []
     for section, values in doc.items():
         if not isinstance(values, dict) or section == "sources":
             continue
-        source = doc["sources"].get(section, "")
-        stack = [("", values)]
+        parts, stack = [], [("", values)]
         while stack:
             prefix, node = stack.pop(0)
             for key, value in node.items():
-                name = f"{prefix}{key}"
                 if isinstance(value, dict):
-                    stack.append((f"{name}.", value))
-                elif isinstance(value, list) and key == "packages":
-                    rows.append((section, name, f"{len(value)} listed", source))
-                elif isinstance(value, list):
-                    shown = "; ".join(", ".join(f"{v}" for v in item.values()) if isinstance(item, dict) else str(item)
-                                      for item in value)
-                    rows.append((section, name, shown or "none", source))
+                    stack.append((f"{prefix}{key}.", value))
                 else:
-                    shown = "null" if value is None else (str(value).lower() if isinstance(value, bool) else str(value))
-                    rows.append((section, name, shown, source))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}".rstrip() for r in rows]
-    return [f"fingerprint schema v{doc['schema_version']}, collected {doc['collected_at']}"] + lines
+                    parts.append(f"{prefix}{key}={_fingerprint_value(key, value)}")
+        rows.append((section, "  ".join(parts), doc["sources"].get(section, "")))
+    label = max(len(section) for section, _, _ in rows) + 2
+    lines = [f"fingerprint schema v{doc['schema_version']}, collected {doc['collected_at']}"]
+    for section, text, source in rows:
+        wrapped = textwrap.wrap(f"{text}  [{source}]", width=width - label, break_long_words=False,
+                                break_on_hyphens=False) or [""]
+        lines += [f"{section if i == 0 else '':<{label}}{chunk}" for i, chunk in enumerate(wrapped)]
+    return lines
+
+
+def _package_listing(packages: dict) -> list[str]:
+    """--full in the human view: every conda package and Python distribution, one per line."""
+    lines = []
+    for kind, title, columns in (("conda", "conda packages", ("name", "version", "build")),
+                                 ("pip", "python distributions", ("name", "version"))):
+        listed = packages[kind].get("packages") or []
+        lines.append(f"{title} ({len(listed)}):")
+        lines += ["  " + "  ".join(str(item.get(c) or "") for c in columns) for item in listed]
+    return lines
 
 
 @main.command("fingerprint")
@@ -108,6 +136,8 @@ def fingerprint_command(as_json, output, full, compare_path, policy_path, on_mis
             emit_json(live)
         else:
             click.echo("\n".join(_fingerprint_lines(live)))
+            if full:
+                click.echo("\n".join(_package_listing(live["packages"])))
             click.echo(f"digest {fp.digest(live)}")
         return
     result = fp.compare(recorded, live, policy)

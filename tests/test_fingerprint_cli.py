@@ -39,8 +39,27 @@ def test_human_output_and_output_file(runner, tmp_path):
     written = fp.load(out)
     lines = result.output.splitlines()
     assert lines[0].startswith("fingerprint schema v1, collected ")
-    assert any(line.split()[:3] == ["python", "version", written["python"]["version"]] for line in lines)
+    python_line = next(line for line in lines if line.startswith("python "))
+    assert f"version={written['python']['version']}" in python_line.split()
+    assert python_line.endswith("[runtime]")
+    assert {line.split()[0] for line in lines[1:-1] if not line.startswith(" ")} == {
+        "python", "platform", "torch", "libraries", "accelerators", "determinism", "packages", "lock", "code", "host"}
+    assert max(len(line) for line in lines[1:-1]) <= 100  # wrapped for a terminal
+    assert f"pip.digest={written['packages']['pip']['digest'][:19]}…" in result.output  # shortened, JSON keeps it
+    assert "pip.packages" not in result.output
     assert lines[-1] == f"digest {fp.digest(written)}"
+
+
+def test_human_full_lists_every_distribution(runner, tmp_path):
+    result = runner.invoke(main, ["fingerprint", "--full", "--code-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("python distributions ("))
+    count = int(lines[header].split("(")[1].rstrip("):"))
+    listed = lines[header + 1:header + 1 + count]
+    assert len(listed) == count > 0 and all(line.startswith("  ") for line in listed)
+    click_version = __import__("importlib.metadata").metadata.version("click")
+    assert f"  click  {click_version}" in listed
 
 
 def test_compare_with_itself_exits_0(runner, tmp_path):
