@@ -62,6 +62,22 @@ class ResumeInfo:
     notes: list[str]
 
 
+class Coordinator:
+    """What a CheckpointManager asks of the other ranks in a distributed run (reprotrain.training.distributed).
+
+    ``step(pending_signal, save_due) -> (signal, save_due)``: every rank calls it at each step_done; the result is
+    the signal any rank received (SIGTERM over SIGINT) and the writer's save decision.
+    ``vote(ok, what)``: every rank calls it at the same point of a save; raises ReprotrainError on a rank whose own
+    vote was yes when another rank's was no.
+    """
+
+    def step(self, pending_signal: str | None, save_due: bool) -> tuple[str | None, bool]:
+        raise NotImplementedError
+
+    def vote(self, ok: bool, what: str) -> None:
+        raise NotImplementedError
+
+
 def _utcnow() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -88,7 +104,8 @@ class CheckpointManager:
                  monitor: str | None = None, mode: str = "max", env_policy: "fp.Policy | None" = None,
                  run_id: str | None = None, log: Callable[[str], None] | None = None,
                  interrupt_exit_codes: Mapping[str, int] | None = None, async_save: bool = False,
-                 lock_section: dict | None = None, world_size: int = 1):
+                 lock_section: dict | None = None, world_size: int = 1, should_write: bool = True,
+                 coordinator: "Coordinator | None" = None):
         if mode not in ("min", "max"):
             raise ReprotrainError(f"monitor mode must be 'min' or 'max', not {mode!r}")
         self.log = log or _stderr
@@ -101,6 +118,10 @@ class CheckpointManager:
         self.env_policy = env_policy or fp.Policy.load()
         self.exit_codes = {"SIGINT": 130, "SIGTERM": 143, **dict(interrupt_exit_codes or {})}
         self.world_size = world_size
+        # Distributed runs (reprotrain.training.distributed): every rank runs the policy and the signal logic,
+        # only the writer touches the run directory, and the coordinator makes the ranks decide together.
+        self.should_write = should_write
+        self.coordinator = coordinator
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.fingerprint = fp.collect(lock_section=lock_section)
         self.fingerprint_digest = fp.digest(self.fingerprint)
@@ -121,7 +142,8 @@ class CheckpointManager:
         self._worker: threading.Thread | None = None
         self._background_error: BaseException | None = None
         self.run_dir = store.open_run_directory(run_dir, log=self.log)
-        self.run_dir.acquire()
+        if self.should_write:
+            self.run_dir.acquire()
 
     # ------------------------------------------------------------------ lineage
     def _new_segment(self, *, first_step: int, resumed_from: str | None) -> dict:
@@ -219,6 +241,13 @@ class CheckpointManager:
         self._raise_background_error()
         self._position = {"epoch": epoch, "step": step, "samples_seen": samples_seen,
                           "position": dict(position or {}), "metrics": dict(metrics or {})}
+        kind = due = None
+        if self.coordinator is not None:
+            # All ranks stop at the same step boundary if any of them got a signal, and save when the writer's
+            # policy says so (time-based policies would disagree between ranks).
+            kind = self._kind_for(epoch, epoch_end)
+            due = kind == "best" or self._clock.due(step=step, epoch=epoch, epoch_end=epoch_end, now=time.monotonic())
+            self._pending_signal, due = self.coordinator.step(self._pending_signal, due)
         if self._pending_signal is not None:
             name = self._pending_signal
             path = self._save_now("interrupted", end_reason=_SIGNAL_REASON[name], reason=f"received {name}")
@@ -227,9 +256,11 @@ class CheckpointManager:
         for msg in self._clock.messages:
             self.log(msg)
         self._clock.messages.clear()
-        kind = self._kind_for(epoch, epoch_end)
-        # A new best is saved at the epoch end that reaches it, whatever the frequency policy says.
-        if kind != "best" and not self._clock.due(step=step, epoch=epoch, epoch_end=epoch_end, now=time.monotonic()):
+        if kind is None:
+            kind = self._kind_for(epoch, epoch_end)
+            # A new best is saved at the epoch end that reaches it, whatever the frequency policy says.
+            due = kind == "best" or self._clock.due(step=step, epoch=epoch, epoch_end=epoch_end, now=time.monotonic())
+        if not due:
             return None
         return self._save_now(kind, end_reason="running")
 
@@ -288,7 +319,8 @@ class CheckpointManager:
         try:
             self.wait()
         finally:
-            self.run_dir.release()
+            if self.should_write:
+                self.run_dir.release()
 
     def _manifest(self, kind: str, *, end_reason: str, reason: str | None, resumable: bool, state: dict) -> dict:
         pos = self._position
@@ -321,10 +353,12 @@ class CheckpointManager:
         return state
 
     def _save_now(self, kind: str, *, end_reason: str, reason: str | None = None, resumable: bool = True) -> Path:
+        if not self.should_write:
+            return self._follow_commit(kind)
         state = self._state()
         manifest = self._manifest(kind, end_reason=end_reason, reason=reason, resumable=resumable, state=state)
         name = checkpoint_name(kind, manifest["step"])
-        if self._async and kind in ("latest", "periodic", "best"):
+        if self._async and self.coordinator is None and kind in ("latest", "periodic", "best"):
             self._enqueue(name, manifest, state)
             return self.run_dir.path / name
         self.wait()  # keep commit order: a background save must not land after this one
@@ -332,7 +366,11 @@ class CheckpointManager:
 
     def _commit(self, name: str, manifest: dict, state: dict) -> Path:
         started = time.monotonic()
-        path = self.run_dir.commit(name, lambda f: ckformat.write(f, manifest, state))
+        if self.coordinator is None or manifest["kind"] == "emergency":
+            # An emergency save comes from one failing rank: the others are not there to agree.
+            path = self.run_dir.commit(name, lambda f: ckformat.write(f, manifest, state))
+        else:
+            path = self._agreed_commit(name, manifest, state)
         self._clock.saved(now=time.monotonic(), cost=time.monotonic() - started)
         self.checkpoints_written += 1
         self.last_saved = path
@@ -340,6 +378,42 @@ class CheckpointManager:
             self.best = best_value([self.best, manifest["monitor"]["value"]], self.mode)
         self._apply_retention()
         return path
+
+    def _agreed_commit(self, name: str, manifest: dict, state: dict) -> Path:
+        """Two votes around the writer's atomic commit: the bytes are written and every rank is still there (else
+        the partial file is removed and the previous checkpoint stays the resumable one), then it is committed.
+        Each rank votes once per stage until a vote fails; then every rank raises."""
+        stage = "writing"
+
+        def write_then_vote(f):
+            nonlocal stage
+            try:
+                ckformat.write(f, manifest, state)
+            except BaseException:
+                stage = "voted"
+                self.coordinator.vote(False, f"writing {name}")
+                raise
+            stage = "voted"  # a vote that raises (a rank died) must not be followed by another one
+            self.coordinator.vote(True, f"writing {name}")
+            stage = "committing"
+
+        try:
+            path = self.run_dir.commit(name, write_then_vote)
+        except BaseException:
+            if stage != "voted":
+                self.coordinator.vote(False, f"{stage} {name}")
+            raise
+        self.coordinator.vote(True, f"committing {name}")
+        return path
+
+    def _follow_commit(self, kind: str) -> Path:
+        """A non-writing rank's side of a save: vote with the writer (emergency saves have no vote)."""
+        pos = self._position
+        name = checkpoint_name(kind, int(pos["step"]))
+        if self.coordinator is not None and kind != "emergency":
+            self.coordinator.vote(True, f"writing {name}")
+            self.coordinator.vote(True, f"committing {name}")
+        return self.run_dir.path / name
 
     def _apply_retention(self) -> None:
         entries = self.run_dir.list_checkpoints()

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from reprotrain.errors import ReprotrainError
-from reprotrain.training import data
+from reprotrain.training import data, distributed
 from reprotrain.training.config import TrainConfig, check_resume_config, resolve
 from reprotrain.training.progress import MetricsLog, Progress
 from reprotrain.training.tasks import Task, build_task
@@ -137,19 +137,45 @@ def train(run_dir: str | os.PathLike = "runs/default", *, options: dict | None =
     options: explicit settings (TrainConfig field names); on resume they override the recorded config.
     Raises ReprotrainError (bad input, refused resume), checkpoint.Interrupted (SIGINT/SIGTERM, after saving)
     and TrainingFailed (after an emergency save).
+    Under torchrun (docs/distributed.md) every rank calls it; only rank 0 writes.
     """
+    from reprotrain.checkpoint import Interrupted
+
+    group = distributed.Group() if distributed.launched() else None
+    try:
+        return _train(run_dir, options=options, config_file=config_file, resume=resume, fresh=fresh,
+                      overwrite=overwrite, on_env_mismatch=on_env_mismatch, policy=policy, quiet=quiet, log=log,
+                      group=group)
+    except Interrupted:
+        if group is not None:
+            group.stop_on_sigterm_after_save()
+        raise
+    finally:
+        if group is not None:
+            group.close()
+
+
+def _train(run_dir, *, options, config_file, resume, fresh, overwrite, on_env_mismatch, policy, quiet, log,
+           group: distributed.Group | None) -> TrainResult:
     from reprotrain import fingerprint as fp
     from reprotrain.checkpoint import CheckpointManager, Interrupted, RetentionPolicy, SavePolicy
 
     from reprotrain.checkpoint.reader import as_location
 
     log = log or _stderr
+    writer = group is None or group.is_writer
+    manager_log = log if writer else (lambda message: log(f"rank {group.rank}: {message}"))
+    if not writer:
+        log = lambda message: None  # noqa: E731 - rank 0 speaks for the run
     run_dir = as_location(run_dir)  # a Path, or an object-store URL
     if fresh and resume:
         raise ReprotrainError("--fresh and --resume exclude each other", path="--fresh")
     resume_path = None if resume in (None, True, False) else Path(resume)
     if fresh:
-        _prepare_fresh(run_dir, overwrite)
+        if group is None:
+            _prepare_fresh(run_dir, overwrite)
+        else:
+            group.together(lambda: _prepare_fresh(run_dir, overwrite) if writer else None, path=run_dir)
         recorded = None
     else:
         # The recorded config decides the model before anything is built; mgr.resume checks it again.
@@ -160,7 +186,7 @@ def train(run_dir: str | os.PathLike = "runs/default", *, options: dict | None =
 
     torch.set_num_threads(cfg.threads)
     _seed_everything(cfg.seed)
-    device = _pick_device(cfg.device)
+    device = (group.device(cfg.device) if group is not None else None) or _pick_device(cfg.device)
     task = build_task(cfg)
     task.model.to(device)
     monitor = cfg.monitor if task.val_data is not None else None
@@ -169,10 +195,17 @@ def train(run_dir: str | os.PathLike = "runs/default", *, options: dict | None =
         save_policy=SavePolicy.parse(cfg.save),
         retention=RetentionPolicy(keep_last=cfg.keep_last, keep_best=cfg.keep_best, keep_every=cfg.keep_every),
         monitor=monitor, mode="max" if monitor and "acc" in monitor else "min",
-        env_policy=fp.Policy.load(policy, on_mismatch=on_env_mismatch), log=log,
-        interrupt_exit_codes={"SIGINT": 130, "SIGTERM": cfg.sigterm_exit_code})
+        env_policy=fp.Policy.load(policy, on_mismatch=on_env_mismatch), log=manager_log,
+        interrupt_exit_codes={"SIGINT": 130, "SIGTERM": cfg.sigterm_exit_code},
+        world_size=group.world_size if group is not None else 1, should_write=writer, coordinator=group)
 
-    info = None if fresh else mgr.resume(path=resume_path, required=resume is not None)
+    if group is None:
+        info = None if fresh else mgr.resume(path=resume_path, required=resume is not None)
+    else:
+        group.check_fingerprints(mgr.fingerprint, mgr.env_policy, log=log, path=run_dir)
+        info = None if fresh else group.resume(mgr, path=resume_path, required=resume is not None, where=run_dir)
+    world_size = group.world_size if group is not None else 1
+    sample = 0  # distributed runs: the offset into the epoch's permutation
     epoch, batch, step, samples_seen, metrics, changes = 0, 0, 0, 0, {}, []
     if info is not None:
         changes = check_resume_config(info.config or {}, cfg, checkpoint=os.fspath(info.path))
@@ -185,60 +218,93 @@ def train(run_dir: str | os.PathLike = "runs/default", *, options: dict | None =
             log(f"continuing epoch {epoch + 1} of {cfg.epochs} at batch {batch}")
         for message in changes:
             log(message)
+        sample = min(distributed.start_sample(info.position, cfg.batch_size), len(task.train_data))
+        note = distributed.world_size_note(info.position, world_size=world_size, batch_size=cfg.batch_size,
+                                           n=len(task.train_data))
+        if note:
+            log(note)
+            changes.append(note)
 
-    metrics_log = MetricsLog(mgr.run_dir.local_path(METRICS_FILE))
+    metrics_log = MetricsLog(mgr.run_dir.local_path(METRICS_FILE)) if writer else distributed.NoMetrics()
     if info is None:
-        metrics_log.write("start", config=cfg.to_dict())
-        log(f"training {cfg.task} ({cfg.model}) for {cfg.epochs} epochs on {device}; checkpoints and "
+        metrics_log.write("start", config=cfg.to_dict(), world_size=world_size)
+        ranks = f" x {world_size} ranks ({group.backend})" if group is not None else ""
+        log(f"training {cfg.task} ({cfg.model}) for {cfg.epochs} epochs on {device}{ranks}; checkpoints and "
             f"{METRICS_FILE} go to {run_dir}. Stop any time (Ctrl-C); run the same command again to resume.")
     else:
         metrics_log.write("resume", checkpoint=os.fspath(info.path), epoch=epoch, batch=batch, step=step,
-                          config_changes=changes)
+                          config_changes=changes, world_size=world_size)
 
     batches_per_epoch = data.EpochBatchSampler(len(task.train_data), cfg.batch_size, seed=cfg.seed,
                                                epoch=0).batches_per_epoch
+    if group is not None:
+        batches_per_epoch = math.ceil(len(task.train_data) / (cfg.batch_size * world_size))
+        train_model = group.wrap(task.model, device)  # after resume: DDP starts from rank 0's weights
+    else:
+        train_model = task.model
     val = None
     if task.val_data is not None:
         val = data.val_loader(task.val_data, batch_size=VAL_BATCH_SIZE, num_workers=cfg.num_workers,
                               pin_memory=device.type == "cuda")
     status = "already-complete" if epoch >= cfg.epochs else "completed"
-    progress = Progress(enabled=not quiet, total_steps=cfg.epochs * batches_per_epoch, start_step=step)
+    progress = Progress(enabled=not quiet and writer, total_steps=cfg.epochs * batches_per_epoch, start_step=step)
     started, start_samples, non_finite = time.perf_counter(), samples_seen, None
     try:
         with mgr.guard():
             while epoch < cfg.epochs and non_finite is None:
-                loader = data.train_loader(task.train_data, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch,
-                                           start_batch=batch, num_workers=cfg.num_workers,
-                                           pin_memory=device.type == "cuda")
+                if group is None:
+                    loader = data.train_loader(task.train_data, batch_size=cfg.batch_size, seed=cfg.seed,
+                                               epoch=epoch, start_batch=batch, num_workers=cfg.num_workers,
+                                               pin_memory=device.type == "cuda")
+                else:
+                    loader, sampler = distributed.train_loader(
+                        task.train_data, batch_size=cfg.batch_size, seed=cfg.seed, epoch=epoch, start=sample,
+                        rank=group.rank, world_size=world_size, num_workers=cfg.num_workers,
+                        pin_memory=device.type == "cuda")
+                    global_sizes = sampler.global_sizes()
                 task.model.train()
                 for inputs, targets in loader:
                     inputs, targets = inputs.to(device), targets.to(device)
+                    if group is not None:
+                        distributed.seed_step(cfg.seed, epoch, sample, group.rank)
                     task.optimizer.zero_grad(set_to_none=True)
-                    loss = task.loss(task.model(inputs), targets)
+                    loss = task.loss(train_model(inputs), targets)
                     loss_value = loss.item()
-                    if not math.isfinite(loss_value):
+                    finite = math.isfinite(loss_value)
+                    if group is not None and group.any(not finite):  # every rank stops at the same step
+                        finite, loss_value = False, loss_value if not finite else float("nan")
+                    if not finite:
                         # Stop before this step touches the weights: the state on disk stays the last good one.
                         non_finite = f"non-finite loss ({loss_value}) at epoch {epoch + 1}, batch {batch + 1}"
                         break
                     loss.backward()
                     task.optimizer.step()
-                    step, batch, samples_seen = step + 1, batch + 1, samples_seen + len(targets)
+                    if group is None:
+                        step, batch, samples_seen = step + 1, batch + 1, samples_seen + len(targets)
+                    else:
+                        consumed = next(global_sizes)  # samples this step took from the permutation, all ranks
+                        step, sample, samples_seen = step + 1, sample + consumed, samples_seen + consumed
+                        batch = math.ceil(sample / cfg.batch_size)
                     rate = (samples_seen - start_samples) / max(time.perf_counter() - started, 1e-9)
                     if step % cfg.log_every == 0:
                         metrics_log.write("step", epoch=epoch, batch=batch, step=step, loss=loss_value,
                                           samples_per_s=round(rate, 1))
                     progress.update(step=step, epoch=epoch, loss=loss_value, samples_per_s=rate)
                     mgr.step_done(epoch=epoch, step=step, samples_seen=samples_seen,
-                                  position={"epoch": epoch, "batch": batch}, metrics={"loss": loss_value})
+                                  position={"epoch": epoch, "batch": batch} if group is None else
+                                  distributed.position(epoch, sample, cfg.batch_size, world_size),
+                                  metrics={"loss": loss_value})
                 if non_finite is not None:
                     break
                 metrics = evaluate(task, val, device) if val is not None else {}
                 if task.scheduler is not None:
                     task.scheduler.step()
-                epoch, batch = epoch + 1, 0
+                epoch, batch, sample = epoch + 1, 0, 0
                 metrics_log.write("epoch", epoch=epoch, step=step, **metrics)
                 mgr.step_done(epoch=epoch, step=step, samples_seen=samples_seen,
-                              position={"epoch": epoch, "batch": 0}, metrics=metrics, epoch_end=True)
+                              position={"epoch": epoch, "batch": 0} if group is None else
+                              distributed.position(epoch, 0, cfg.batch_size, world_size),
+                              metrics=metrics, epoch_end=True)
         if non_finite is not None:
             mgr.emergency(non_finite, resumable=False)
             raise TrainingFailed(f"{non_finite}; saved an `emergency` checkpoint (not resumable) and kept the last "
