@@ -11,7 +11,7 @@ from reprotrain.errors import ReprotrainError
 from reprotrain.training import data
 from reprotrain.training.config import TrainConfig, check_resume_config, load_config_file, resolve
 from reprotrain.training.progress import MetricsLog
-from reprotrain.training.tasks import SmallCNN, build_task, load_task_factory
+from reprotrain.training.tasks import SmallCNN, build_task, digits_arrays, load_task_factory
 
 
 def test_resolve_precedence_defaults_file_options(tmp_path):
@@ -75,6 +75,14 @@ def test_loader_does_not_consume_global_rng_and_restarts_exactly(workers):
     tail = [b[0] for b in data.train_loader(dataset, batch_size=8, seed=0, epoch=1, start_batch=3,
                                             num_workers=workers)]
     assert len(tail) == len(whole) - 3 and all(torch.equal(a, b) for a, b in zip(tail, whole[3:]))
+
+
+def test_digits_arrays_equal_scikit_learns_loader():
+    from sklearn.datasets import load_digits
+
+    images, labels = digits_arrays()
+    bunch = load_digits()
+    assert torch.equal(images, torch.from_numpy(bunch.images)) and torch.equal(labels, torch.from_numpy(bunch.target))
 
 
 def test_digits_task_shapes_and_fixed_split():

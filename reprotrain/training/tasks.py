@@ -14,8 +14,10 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -76,13 +78,29 @@ def _classification_task(cfg: TrainConfig, train_data, val_data, in_channels: in
                 train_data=train_data, val_data=val_data, loss=nn.CrossEntropyLoss())
 
 
+def digits_arrays() -> tuple[torch.Tensor, torch.Tensor]:
+    """The 1797 digits (images N x 8 x 8 with values 0..16, labels) from the CSV scikit-learn ships.
+
+    This is the file `sklearn.datasets.load_digits` parses; reading it directly avoids importing
+    sklearn.datasets (and scipy with it), which costs seconds at every start of `reprotrain train`.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None:
+        raise ReprotrainError("the digits task needs scikit-learn (pip install scikit-learn)", path="--task")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    try:
+        table = torch.from_numpy(np.loadtxt(path, delimiter=","))
+    except OSError as exc:
+        raise ReprotrainError(f"scikit-learn's digits data is unreadable: {exc}", path=path) from None
+    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].long()
+
+
 def digits(cfg: TrainConfig) -> Task:
     """scikit-learn's 1797 bundled 8x8 digit images, scaled to [0, 1]: trains offline in seconds."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    labels = torch.tensor(bunch.target, dtype=torch.long)
+    raw_images, labels = digits_arrays()
+    images = raw_images.float().unsqueeze(1) / 16.0
     channels = 3 if cfg.model != "cnn" else 1  # torchvision models expect RGB input
     images = images.expand(-1, channels, -1, -1).contiguous()
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(_DIGITS_SPLIT_SEED))
