@@ -57,7 +57,12 @@ class Group:
             torch.cuda.set_device(self.local_rank % torch.cuda.device_count())
         self.backend = "cpu:gloo,cuda:nccl" if self.cuda else "gloo"
         kwargs = {"timeout": datetime.timedelta(seconds=timeout_s)} if timeout_s else {}
-        dist.init_process_group(self.backend, **kwargs)
+        # torchrun keeps one store across restarts of the group: without a per-attempt prefix a restarted rank can
+        # read the address a killed rank published and fail to connect to it.
+        store, _, _ = next(dist.rendezvous("env://"))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(self.backend, store=dist.PrefixStore(f"reprotrain/attempt{attempt}", store),
+                                rank=self.rank, world_size=self.world_size, **kwargs)
 
     @property
     def is_writer(self) -> bool:

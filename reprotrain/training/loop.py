@@ -164,7 +164,8 @@ def _train(run_dir, *, options, config_file, resume, fresh, overwrite, on_env_mi
 
     log = log or _stderr
     writer = group is None or group.is_writer
-    manager_log = log if writer else (lambda message: log(f"rank {group.rank}: {message}"))
+    speak = log
+    manager_log = log if writer else (lambda message: speak(f"rank {group.rank}: {message}"))
     if not writer:
         log = lambda message: None  # noqa: E731 - rank 0 speaks for the run
     run_dir = as_location(run_dir)  # a Path, or an object-store URL

@@ -1,0 +1,83 @@
+"""The user task of tests/test_distributed.py (`--task distributed_tasks:digits_for_tests`, tests/ on PYTHONPATH).
+
+One task name for every run, so that runs can resume each other's checkpoints. Test-only switches come from the
+environment, which torchrun hands unchanged to every rank:
+
+- REPROTRAIN_TEST_PID_DIR: each rank writes `rank<R>.pid` there (the test signals a given rank's process);
+- REPROTRAIN_TEST_DELAY: seconds of delay per sample (so that a signal lands mid-epoch);
+- REPROTRAIN_TEST_RANK1_CUBLAS: rank 1 sets CUBLAS_WORKSPACE_CONFIG to this value. torchrun gives every rank the
+  same environment and the user task runs before the fingerprint is taken, so this is how one rank is made to
+  differ (a determinism setting, as in a badly written job script);
+- REPROTRAIN_TEST_KILL_PEER_AT_SAVE=N: rank 0 SIGKILLs rank 1 while taking the state for its N-th save, i.e.
+  after the ranks agreed to save and before the commit vote.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch
+
+from reprotrain.training import Task
+from reprotrain.training.tasks import digits
+
+
+class _Delayed(torch.utils.data.Dataset):
+    def __init__(self, inner, delay_s):
+        self.inner, self.delay_s = inner, delay_s
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, index):
+        time.sleep(self.delay_s)
+        return self.inner[index]
+
+
+class _KillPeerOnSave(torch.nn.Module):
+    """The model, whose N-th state_dict() (taken only by rank 0, only to save) SIGKILLs rank 1 first."""
+
+    def __init__(self, inner, peer_pid_file: Path, at_save: int):
+        super().__init__()
+        self.inner, self.peer_pid_file, self.at_save, self.saves = inner, peer_pid_file, at_save, 0
+
+    def forward(self, x):
+        return self.inner(x)
+
+    def state_dict(self, *args, **kwargs):
+        self.saves += 1
+        if self.saves == self.at_save:
+            pid = int(self.peer_pid_file.read_text())
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.01)
+        return super().state_dict(*args, **kwargs)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie waits for torchrun to reap it
+    except FileNotFoundError:
+        return False
+
+
+def digits_for_tests(cfg) -> Task:
+    rank = os.environ.get("RANK", "0")
+    pid_dir = os.environ.get("REPROTRAIN_TEST_PID_DIR")
+    if pid_dir:
+        Path(pid_dir, f"rank{rank}.pid").write_text(str(os.getpid()))
+    if rank == "1" and os.environ.get("REPROTRAIN_TEST_RANK1_CUBLAS"):
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = os.environ["REPROTRAIN_TEST_RANK1_CUBLAS"]
+    task = digits(cfg)
+    delay = float(os.environ.get("REPROTRAIN_TEST_DELAY", "0"))
+    if delay:
+        task.train_data = _Delayed(task.train_data, delay)
+    kill_at = int(os.environ.get("REPROTRAIN_TEST_KILL_PEER_AT_SAVE", "0"))
+    if kill_at and rank == "0":
+        task.model = _KillPeerOnSave(task.model, Path(pid_dir, "rank1.pid"), kill_at)
+    return task
