@@ -127,6 +127,7 @@ class CheckpointManager:
         self.fingerprint_digest = fp.digest(self.fingerprint)
         self.environments = {self.fingerprint_digest: self.fingerprint}
         self.lineage: list[dict] = []
+        self.integrations: dict = {}  # e.g. {"mlflow": {"run_id": ...}}: carried across resumes
         self._segment = self._new_segment(first_step=0, resumed_from=None)
         self.best: float | None = None
         self.checkpoints_written = 0
@@ -223,6 +224,7 @@ class CheckpointManager:
         if last["end_reason"] in (None, "running"):
             last["end_reason"] = "lost"  # the process died without a chance to say why (SIGKILL, power loss)
         self.lineage = lineage
+        self.integrations = dict(manifest.get("integrations") or {})
         self.environments = {**manifest["environments"], self.fingerprint_digest: self.fingerprint}
         self._segment = self._new_segment(first_step=manifest["step"], resumed_from=resumed_from)
         self.resumes = len(self.lineage)
@@ -338,6 +340,7 @@ class CheckpointManager:
             "environments": self.environments, "lineage": self._lineage_with(int(pos["step"]), end_reason),
             "state": {"components": sorted(state), "tensor_records": records, "tensor_bytes": nbytes},
             "writer": {"reprotrain": __version__, "torch": str(torch.__version__)},
+            **({"integrations": self.integrations} if self.integrations else {}),
         }
 
     def _state(self) -> dict:
