@@ -570,6 +570,29 @@ def train(ctx: click.Context, run_dir, config_file, resume, fresh, overwrite, on
 
 # --- integrations: report -------------------------------------------------------------------
 
+@main.command("report")
+@click.argument("run_dir")
+@click.option("-o", "--output", default="report.html", show_default=True, type=click.Path(dir_okay=False),
+              help="The self-contained HTML page to write.")
+@click.option("--png", type=click.Path(dir_okay=False), default=None, help="Also a PNG of the page (headless Chromium).")
+@click.option("--json", "as_json", is_flag=True, help="Print what the report shows as JSON.")
+def report(run_dir, output, png, as_json) -> None:
+    """Loss and metric curves across all lineage segments of RUN_DIR (a path or an fsspec URL such as
+    s3://bucket/run), with interruption, resume and environment-change markers, as one HTML page.
+
+    \b
+    Exit codes: 0 written, 2 bad input (no metrics.jsonl, unreadable run directory, no Chromium for --png).
+    """
+    from reprotrain.integrations.report import write_report
+
+    history = write_report(run_dir, output, png)
+    if as_json:
+        emit_json({**history.to_dict(), "output": output, "png": png})
+        return
+    click.echo(f"{output}: {len(history.lineage)} segment(s), {len(history.steps)} steps, "
+               f"{len(history.env_changes)} environment change(s)" + (f"; PNG {png}" if png else ""))
+
+
 
 if __name__ == "__main__":  # pragma: no cover
     main()
