@@ -14,7 +14,8 @@ from reprotrain.integrations.mlflow_tracking import MLflowTracker  # noqa: E402
 def test_run_interrupted_twice_is_one_mlflow_run_with_three_segments(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_dir = tmp_path / "run"
-    ids = run_interrupted_twice(run_dir, tracker_factory=lambda mgr: MLflowTracker(mgr, tracking_uri=uri))
+    ids = run_interrupted_twice(run_dir, tracker_factory=lambda mgr: MLflowTracker(
+        mgr, tracking_uri=uri, artifact_location=(tmp_path / "artifacts").as_uri()))
     assert len(set(ids)) == 1  # resumed processes continued the same MLflow run
     client = mlflow.MlflowClient(tracking_uri=uri)
     run = client.get_run(ids[0])

@@ -20,7 +20,7 @@ _END_STATUS = {"completed": "FINISHED", "interrupted": "KILLED", "preempted": "K
 
 class MLflowTracker:
     def __init__(self, manager, *, tracking_uri: str | None = None, experiment: str = "reprotrain",
-                 lockfile: str | os.PathLike | None = None):
+                 lockfile: str | os.PathLike | None = None, artifact_location: str | None = None):
         try:
             import mlflow
         except ImportError:
@@ -31,6 +31,7 @@ class MLflowTracker:
         self.client = mlflow.MlflowClient(tracking_uri=tracking_uri)
         self.experiment = experiment
         self.lockfile = Path(lockfile) if lockfile else None
+        self.artifact_location = artifact_location  # for a new experiment; None: the tracking server's default
         self.run_id: str | None = None
 
     def start(self) -> str:
@@ -41,7 +42,8 @@ class MLflowTracker:
             self.client.update_run(recorded, status="RUNNING")
         else:
             found = self.client.get_experiment_by_name(self.experiment)
-            experiment_id = found.experiment_id if found else self.client.create_experiment(self.experiment)
+            experiment_id = found.experiment_id if found else self.client.create_experiment(
+                self.experiment, artifact_location=self.artifact_location)
             run = self.client.create_run(experiment_id, tags={"reprotrain.run_id": self.manager.run_id},
                                          run_name=self.manager.run_id)
             self.run_id = run.info.run_id
