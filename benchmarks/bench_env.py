@@ -43,11 +43,7 @@ def _median(fn, runs: int) -> float:
     return statistics.median(times)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--packages", type=int, default=300)
-    parser.add_argument("--runs", type=int, default=7)
-    args = parser.parse_args()
+def _measure(args) -> list[tuple[str, float]]:
     with tempfile.TemporaryDirectory(prefix="bench-env-") as scratch:
         work = Path(scratch)
         channel = build_large_channel(work / "channel", count=args.packages)
@@ -73,6 +69,28 @@ def main() -> int:
             ("CLI: reprotrain env verify",
              _median(lambda: subprocess.run(cli, check=True, capture_output=True), args.runs)),
         ]
+    return rows
+
+
+def run(packages: int = 300, runs: int = 7) -> list[tuple[str, str, str, str, str]]:
+    """Rows of (figure, value, target, baseline, ratio) for benchmarks/run.py."""
+    rows = _measure(argparse.Namespace(packages=packages, runs=runs))
+    out = []
+    for i, (name, seconds) in enumerate(rows):
+        base_name, base = rows[0] if i < 3 else rows[3]
+        target = f"<= {TARGET_S} s" if name == "verify_environment" else "-"
+        out.append((f"env: {name} ({packages + 1} packages)", f"{seconds:.3f} s", target,
+                    f"{base:.3f} s ({base_name.removeprefix('baseline: ').removeprefix('CLI baseline: ')})",
+                    f"{seconds / base:.2f}x"))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--packages", type=int, default=300)
+    parser.add_argument("--runs", type=int, default=7)
+    args = parser.parse_args()
+    rows = _measure(args)
     library_base, cli_base = rows[0][1], rows[3][1]
     print(f"env verify, {args.packages + 1}-package prefix, median of {args.runs} runs")
     print(f"{'what':<32} {'median s':>9} {'x baseline':>11}")

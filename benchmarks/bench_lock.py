@@ -42,11 +42,7 @@ def _cli(*args: str, cwd: Path) -> None:
     subprocess.run([sys.executable, "-m", "reprotrain", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=5)
-    runs = parser.parse_args().runs
-
+def _measure(runs: int) -> list[tuple[str, float, str]]:
     from local_channel import build_channel, write_environment_file
     from reprotrain.envlock.solve import lock
     from reprotrain.envlock.staleness import check
@@ -76,6 +72,22 @@ def main() -> None:
                 [sys.executable, "-c", "import conda_lock.content_hash, conda_lock.src_parser"], check=True), runs),
              "conda-lock's package imports its whole CLI"),
         ]
+    return rows
+
+
+def run(runs: int = 5) -> list[tuple[str, str, str, str, str]]:
+    """Rows of (figure, value, target, baseline, ratio) for benchmarks/run.py."""
+    rows = _measure(runs)
+    baseline = rows[3][1]
+    return [(name, f"{seconds:.3f} s", note, f"{baseline:.3f} s (re-solve)", f"{seconds / baseline:.2f}x")
+            for name, seconds, note in rows]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=5)
+    runs = parser.parse_args().runs
+    rows = _measure(runs)
     baseline = rows[3][1]
     print(f"{'case':<28}{'median s':>10}{'x re-solve':>12}  note   ({runs} runs each)")
     for name, seconds, note in rows:
