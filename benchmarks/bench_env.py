@@ -79,7 +79,7 @@ def run(packages: int = 300, runs: int = 7) -> list[tuple[str, str, str, str, st
     for i, (name, seconds) in enumerate(rows):
         base_name, base = rows[0] if i < 3 else rows[3]
         target = f"<= {TARGET_S} s" if name == "verify_environment" else "-"
-        out.append((f"env: {name} ({packages + 1} packages)", f"{seconds:.3f} s", target,
+        out.append((f"{name} ({packages + 1} packages)", f"{seconds:.3f} s", target,
                     f"{base:.3f} s ({base_name.removeprefix('baseline: ').removeprefix('CLI baseline: ')})",
                     f"{seconds / base:.2f}x"))
     return out

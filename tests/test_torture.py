@@ -32,7 +32,8 @@ def test_thirty_sigkills_lose_nothing_committed_and_end_bit_identical(tmp_path):
     # Every kind of kill happened at least once: random instants, renames, retention, between kinds, after SIGTERM.
     assert all(count >= 1 for count in report["kills_by_trap"].values()), report["kills_by_trap"]
     assert report["checks"] == KILLS
-    assert report["max_lost_steps"] <= report["save_interval_steps"]
+    # At most one save interval lost; two when the loop saves in the background (one save may be in flight).
+    assert report["max_lost_steps"] <= report["save_interval_steps"] * (2 if report["async_saves"] else 1)
     # Each run was continued to the end after its kills and matched the uninterrupted run bit for bit.
     assert report["episodes"] >= KILLS // 8
     assert report["bit_identical"] == report["episodes"]
