@@ -180,7 +180,8 @@ def test_interrupted_mid_epoch_then_resumed_is_bit_exact(tmp_path, references, s
     _, stderr = proc.communicate(timeout=120)
     expected = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGKILL: -signal.SIGKILL}[sig]
     assert proc.returncode == expected, stderr
-    assert "Traceback" not in stderr, stderr
+    if sig != signal.SIGKILL:  # after SIGKILL, orphaned DataLoader workers may print their own broken-pipe noise
+        assert "Traceback" not in stderr, stderr
     if sig == signal.SIGKILL:
         resume_from = _checkpoints(run_dir)[-1]  # the last committed one
     else:

@@ -34,9 +34,11 @@ class TrainConfig:
     # CPU intra-op threads. Fixed rather than "all cores": CPU reductions can round differently with another
     # thread count, and a small model on a busy machine runs many times slower with threads competing for cores.
     threads: int = 1
-    save: str = "epochs:1"               # save policy, see reprotrain.checkpoint.SavePolicy.parse
+    # Save policy (reprotrain.checkpoint.SavePolicy). Young/Daly: the interval follows the measured save cost for
+    # a one-hour mean time between failures, so the overhead stays small for any model size.
+    save: str = "adaptive:1h"
     keep_last: int = 2
-    keep_best: int = 1
+    keep_best: int = 0                   # > 0 also saves a `best` checkpoint at every epoch end that improves
     keep_every: int | None = None
     monitor: str = "val_accuracy"        # metric for best-K retention and the `best` checkpoint
     log_every: int = 10                  # steps between metrics.jsonl step lines

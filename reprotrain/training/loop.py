@@ -198,7 +198,10 @@ def _train(run_dir, *, options, config_file, resume, fresh, overwrite, on_env_mi
         monitor=monitor, mode="max" if monitor and "acc" in monitor else "min",
         env_policy=fp.Policy.load(policy, on_mismatch=on_env_mismatch), log=manager_log,
         interrupt_exit_codes={"SIGINT": 130, "SIGTERM": cfg.sigterm_exit_code},
-        world_size=group.world_size if group is not None else 1, should_write=writer, coordinator=group)
+        world_size=group.world_size if group is not None else 1, should_write=writer, coordinator=group,
+        # Routine saves are written by a background thread from a snapshot, so the training thread pays only
+        # for the copy; interrupted and emergency saves stay synchronous.
+        async_save=True)
 
     if group is None:
         info = None if fresh else mgr.resume(path=resume_path, required=resume is not None)
