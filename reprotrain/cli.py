@@ -499,10 +499,10 @@ _TRAIN_OPTIONS = [
     ("--num-workers", "num_workers", dict(type=int, help="DataLoader worker processes (resume is bit-exact either way).")),
     ("--device", "device", dict(help="auto (default), cpu, cuda, cuda:N, mps.")),
     ("--threads", "threads", dict(type=int, help="CPU intra-op threads (default 1: same numerics on any machine).")),
-    ("--save", "save", dict(help="Save policy (default epochs:1): epochs:N, steps:N, seconds:T, exp-steps, exp-epochs, "
+    ("--save", "save", dict(help="Save policy (default adaptive:1h): epochs:N, steps:N, seconds:T, exp-steps, exp-epochs, "
                                  "at-steps:LIST, at-epochs:LIST, adaptive:MTBF, never; combine with +.")),
     ("--keep-last", "keep_last", dict(type=int, help="Retention: newest checkpoints kept.")),
-    ("--keep-best", "keep_best", dict(type=int, help="Retention: best checkpoints (by --monitor) kept.")),
+    ("--keep-best", "keep_best", dict(type=int, help="Retention: best checkpoints (by --monitor) kept; > 0 saves each new best.")),
     ("--keep-every", "keep_every", dict(type=int, help="Retention: also keep every N-th epoch checkpoint.")),
     ("--monitor", "monitor", dict(help="Metric ranking `best` checkpoints (default val_accuracy).")),
     ("--log-every", "log_every", dict(type=int, help="Steps between metrics.jsonl step lines.")),
