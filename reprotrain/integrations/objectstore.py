@@ -282,6 +282,8 @@ class ObjectRunDirectory:
                 target.discard()  # aborts the multipart upload: no object, no pointer
             except Exception:
                 pass
+            # Never let the file object's finaliser retry the upload later (it would raise in __del__).
+            target.closed = True
             if isinstance(exc, Exception) and not isinstance(exc, ReprotrainError):
                 raise ObjectStoreError(f"object store error while uploading {name}: {_describe(exc)}; previous "
                                        "checkpoints are intact", path=self.path) from None
