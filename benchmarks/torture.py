@@ -274,7 +274,6 @@ def run_trial(run_dir: Path, trap: str, rng: random.Random, window_s: float, *, 
     occurrence = rng.randint(1, 3)
     pid, fd = _fork(run_dir, trap if kill else "none", variant, occurrence, digest)
     lines = _Lines(fd)
-    status = None
     try:
         if not kill:
             lines.drain()

@@ -11,7 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from conftest import PROJECT_ROOT, run_cli
+from conftest import run_cli
 from reprotrain.checkpoint import list_checkpoints, reader, select_for_resume
 from reprotrain.checkpoint.audit import verify_paths
 

@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli
 from reprotrain.checkpoint import CheckpointManager, RetentionPolicy, list_checkpoints, read_info, select_for_resume
 from reprotrain.checkpoint import reader
 from reprotrain.checkpoint.audit import inspect_path
