@@ -507,6 +507,9 @@ _TRAIN_OPTIONS = [
     ("--monitor", "monitor", dict(help="Metric ranking `best` checkpoints (default val_accuracy).")),
     ("--log-every", "log_every", dict(type=int, help="Steps between metrics.jsonl step lines.")),
     ("--sigterm-exit-code", "sigterm_exit_code", dict(type=int, help="Exit code after SIGTERM (default 143).")),
+    ("--mlflow/--no-mlflow", "mlflow", dict(default=None, help="Track the run in MLflow (tracking URI from "
+                                                              "MLFLOW_TRACKING_URI); resumes continue the same run.")),
+    ("--mlflow-experiment", "mlflow_experiment", dict(help="MLflow experiment name (default reprotrain).")),
 ]
 
 

@@ -47,6 +47,10 @@ class Interrupted(SystemExit):
         self.exit_code = exit_code
         self.path = path
 
+    def __str__(self) -> str:
+        saved = f"saved {self.path}" if self.path is not None else "checkpoint committed by rank 0"
+        return f"stopped by {self.signal_name} ({saved})"
+
 
 @dataclass
 class ResumeInfo:

@@ -72,3 +72,33 @@ class MLflowTracker:
         segment = self.manager._segment["segment"]
         self.client.set_tag(self.run_id, f"reprotrain.segment.{segment}.end", reason)
         self.client.set_terminated(self.run_id, status=_END_STATUS.get(reason, "KILLED"))
+
+
+class TrackedMetricsLog:
+    """A metrics.jsonl writer that also sends its events to MLflow: one place where a loop reports metrics.
+
+    `step` and `epoch` lines become MLflow metrics at that step; `interrupted`, `error` and `end` lines close
+    the lineage segment's tag and set the run's status.
+    """
+
+    _SIGNAL_REASON = {"SIGINT": "interrupted", "SIGTERM": "preempted"}
+
+    def __init__(self, inner, tracker: MLflowTracker):
+        self.inner, self.tracker = inner, tracker
+        self._ended = False
+
+    def write(self, kind: str, **fields) -> None:
+        self.inner.write(kind, **fields)
+        if kind in ("step", "epoch"):
+            values = {k: v for k, v in fields.items() if k not in ("epoch", "batch", "step")}
+            if kind == "epoch":
+                values["epoch"] = fields.get("epoch")
+            self.tracker.log_metrics(fields["step"], values)
+        elif kind in ("interrupted", "error", "end") and not self._ended:
+            self._ended = True
+            reason = {"interrupted": self._SIGNAL_REASON.get(fields.get("signal"), "interrupted"),
+                      "error": "error"}.get(kind, fields.get("status", "completed"))
+            self.tracker.end("completed" if reason == "already-complete" else reason)
+
+    def close(self) -> None:
+        self.inner.close()

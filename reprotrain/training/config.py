@@ -43,6 +43,10 @@ class TrainConfig:
     monitor: str = "val_accuracy"        # metric for best-K retention and the `best` checkpoint
     log_every: int = 10                  # steps between metrics.jsonl step lines
     sigterm_exit_code: int = 143         # some schedulers requeue only on a particular exit code
+    # MLflow tracking (optional extra). The tracking URI comes from MLFLOW_TRACKING_URI, never from the config,
+    # so that credentials in it never reach a checkpoint.
+    mlflow: bool = False
+    mlflow_experiment: str = "reprotrain"
     extra: dict = field(default_factory=dict)  # free-form options passed through to user tasks
 
     def to_dict(self) -> dict:

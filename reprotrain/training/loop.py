@@ -230,6 +230,12 @@ def _train(run_dir, *, options, config_file, resume, fresh, overwrite, on_env_mi
             changes.append(note)
 
     metrics_log = MetricsLog(mgr.run_dir.local_path(METRICS_FILE)) if writer else distributed.NoMetrics()
+    if cfg.mlflow and writer:
+        from reprotrain.integrations.mlflow_tracking import MLflowTracker, TrackedMetricsLog
+
+        tracker = MLflowTracker(mgr, experiment=cfg.mlflow_experiment)
+        log(f"MLflow run {tracker.start()} (experiment {cfg.mlflow_experiment!r})")
+        metrics_log = TrackedMetricsLog(metrics_log, tracker)
     if info is None:
         metrics_log.write("start", config=cfg.to_dict(), world_size=world_size)
         ranks = f" x {world_size} ranks ({group.backend})" if group is not None else ""
@@ -314,6 +320,7 @@ def _train(run_dir, *, options, config_file, resume, fresh, overwrite, on_env_mi
             raise TrainingFailed(f"{non_finite}; saved an `emergency` checkpoint (not resumable) and kept the last "
                                  "good checkpoint: lower --lr or check the data, then resume", path=run_dir)
         mgr.finish(reason="completed", save=status == "completed" and cfg.save != "never")
+        metrics_log.write("end", step=step, status=status)
     except Interrupted as exc:
         metrics_log.write("interrupted", step=step, signal=exc.signal_name,
                           checkpoint=os.fspath(exc.path) if exc.path else None)
