@@ -223,10 +223,6 @@ def test_verify_while_the_file_is_unlinked_mid_read_is_ok_or_one_clear_line(tmp_
     assert outcomes
 
 
-@pytest.mark.xfail(strict=True, reason="known bug, reported to the checkpoint owner: inspect_path opens the path "
-                   "three times (manifest, integrity, tensors), so a file replaced in between is reported with "
-                   "the first file's manifest and the second file's tensors; reading all three through one open "
-                   "file would fix it")
 def test_inspect_of_a_file_replaced_after_its_integrity_check_reports_one_file(tmp_path, monkeypatch):
     """Another writer atomically replaces the file right after inspect's integrity check (the instant is pinned
     by wrapping the real check, so that the outcome does not depend on scheduling): inspect must either refuse
@@ -240,8 +236,8 @@ def test_inspect_of_a_file_replaced_after_its_integrity_check_reports_one_file(t
     shutil.copyfile(a, target)
     real_check = reader.check_integrity
 
-    def check_then_replace(info):
-        result = real_check(info)
+    def check_then_replace(info, *args):
+        result = real_check(info, *args)
         shutil.copyfile(b, tmp_path / "swapped.tmp")
         os.replace(tmp_path / "swapped.tmp", target)
         return result

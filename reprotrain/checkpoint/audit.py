@@ -11,6 +11,7 @@ is the most urgent finding and a foreign file means the gate checked nothing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -98,7 +99,9 @@ def _verify_one(path: Path, reference: _Reference, digest: bool) -> VerifyResult
 
     shown = os.fspath(path)
     try:
-        info = reader.read_info(path)
+        with reader.open_checkpoint(path) as opened:  # manifest and integrity from one open file
+            info = opened.info
+            integrity = reader.check_integrity(info, opened.file) if digest else None
     except reader.NotACheckpoint:
         verdict = foreign.classify(path)
         return VerifyResult(shown, verdict.exit_code, verdict.category, verdict.reason)
@@ -108,7 +111,6 @@ def _verify_one(path: Path, reference: _Reference, digest: bool) -> VerifyResult
                             schema_ok=False if invalid else None)
     result = VerifyResult(shown, 0, "checkpoint", "", schema_ok=True, manifest=_manifest_summary(info.manifest))
     if digest:
-        integrity = reader.check_integrity(info)
         result.integrity = {"ok": integrity.ok, "problems": integrity.problems,
                             "bytes_checked": integrity.bytes_checked}
         if not integrity.ok:
@@ -210,15 +212,32 @@ def _load_checkpoint(path: str | os.PathLike) -> reader.CheckpointInfo:
         raise ReprotrainError(verdict.reason, path=path, exit_code=verdict.exit_code) from None
 
 
+@contextlib.contextmanager
+def _open_checkpoint(path: str | os.PathLike):
+    """reader.open_checkpoint, turning a foreign file into an error with its classification (exit 2 or 3)."""
+    try:
+        opened = reader.open_checkpoint(path)
+        value = opened.__enter__()
+    except reader.NotACheckpoint:
+        verdict = foreign.classify(path)
+        raise ReprotrainError(verdict.reason, path=path, exit_code=verdict.exit_code) from None
+    try:
+        yield value
+    finally:
+        opened.__exit__(None, None, None)
+
+
 def inspect_path(path: str | os.PathLike, *, largest: int = 5) -> dict:
     """Manifest, lineage, integrity, a tensor summary and the model-state digest of a checkpoint."""
     from reprotrain.checkpoint import state as state_module
 
-    info = _load_checkpoint(path)
-    integrity = reader.check_integrity(info)
-    if not integrity.ok:
-        raise reader.CorruptCheckpoint("; ".join(integrity.problems), path=path)
-    state = state_module.load(path, map_location="cpu", mmap=True)["state"]
+    # One open file for manifest, integrity and tensors: a writer replacing the path meanwhile cannot mix two files.
+    with _open_checkpoint(path) as opened:
+        info = opened.info
+        integrity = reader.check_integrity(info, opened.file)
+        if not integrity.ok:
+            raise reader.CorruptCheckpoint("; ".join(integrity.problems), path=path)
+        state = state_module.load(opened, map_location="cpu", mmap=True)["state"]
     tensors = [(path_, leaf) for path_, leaf in _leaves(state) if _is_tensor(leaf)]
     dtypes: dict[str, int] = {}
     for _, tensor in tensors:

@@ -163,37 +163,53 @@ class CheckpointManager:
 
     # ------------------------------------------------------------------ resume
     def resume(self, path: str | os.PathLike | None = None, *, required: bool = False) -> ResumeInfo | None:
-        """Load the newest valid checkpoint (or ``path``) into the bound objects, under the environment policy."""
-        if path is not None:
-            entry = store.read_entry(reader.as_location(path), deep=True)
-            if not entry.valid:
-                raise ckformat_error(entry)
+        """Load the newest valid checkpoint (or ``path``) into the bound objects, under the environment policy.
+
+        Each candidate is read through one open file: its integrity is checked and its state loaded from the same
+        bytes. A damaged candidate is reported and the next older one tried (an explicit ``path`` is not skipped).
+        """
+        explicit = path is not None
+        if explicit:
+            candidates = [reader.as_location(path)]
         else:
-            entries = self.run_dir.list_checkpoints()
-            entry = store.select_for_resume(entries, report=self.log)
-            if entry is None:
-                if required:
-                    raise ReprotrainError("nothing to resume: no valid resumable checkpoint", path=self.run_dir.path)
-                return None
-        manifest = entry.info.manifest
+            candidates = [e.path for e in store.resume_candidates(self.run_dir.list_checkpoints(), report=self.log)]
+        for location in candidates:
+            try:
+                with reader.open_checkpoint(location, check_integrity=True) as opened:
+                    manifest = opened.info.manifest
+                    comparison = self._gate(manifest, opened.info.path)
+                    obj = ckstate.load(opened, map_location=self._map_location())
+            except reader.CorruptCheckpoint as exc:
+                if explicit:
+                    raise
+                self.log(f"skipping damaged checkpoint {reader.as_location(location).name}: {exc.message}")
+                continue
+            return self._adopt(opened.info.path, manifest, obj["state"], comparison)
+        if required:
+            raise ReprotrainError("nothing to resume: no valid resumable checkpoint", path=self.run_dir.path)
+        return None
+
+    def _gate(self, manifest: dict, path) -> "fp.Comparison":
         comparison = fp.compare(manifest["fingerprint"], self.fingerprint, self.env_policy)
         if comparison.refused:
             raise EnvironmentRefused(
-                f"resume of {entry.path.name} refused: the environment differs from the one it was trained in\n"
-                f"{comparison.table()}\nto allow it: {comparison.allow_hint()}", path=entry.path)
+                f"resume of {path.name} refused: the environment differs from the one it was trained in\n"
+                f"{comparison.table()}\nto allow it: {comparison.allow_hint()}", path=path)
         if comparison.differences:
             self.log(f"environment differs from the checkpoint's ({'warnings' if comparison.warned else 'info only'}):\n"
                      f"{comparison.table()}")
-        obj = ckstate.load(entry.path, map_location=self._map_location())
-        notes = self._load_state(obj["state"])
-        self._adopt_history(manifest, entry.path.name)
+        return comparison
+
+    def _adopt(self, path, manifest: dict, state: dict, comparison) -> ResumeInfo:
+        notes = self._load_state(state)
+        self._adopt_history(manifest, path.name)
         self._position = {"epoch": manifest["epoch"], "step": manifest["step"],
                           "samples_seen": manifest["samples_seen"], "position": manifest["position"],
                           "metrics": manifest["metrics"]}
-        self.log(f"resuming from {entry.path} ({manifest['kind']}, epoch {manifest['epoch']}, step {manifest['step']})")
+        self.log(f"resuming from {path} ({manifest['kind']}, epoch {manifest['epoch']}, step {manifest['step']})")
         for note in notes:
             self.log(note)
-        return ResumeInfo(entry.path, manifest["kind"], manifest["epoch"], manifest["step"], manifest["samples_seen"],
+        return ResumeInfo(path, manifest["kind"], manifest["epoch"], manifest["step"], manifest["samples_seen"],
                           manifest["metrics"], manifest["config"], manifest["position"], comparison, notes)
 
     def _map_location(self):
@@ -502,10 +518,3 @@ class CheckpointManager:
         self.log(f"{name} received: saving an interrupted checkpoint at the end of this step "
                  "(press Ctrl-C again to exit at once)")
 
-
-def ckformat_error(entry: store.Entry) -> ReprotrainError:
-    from reprotrain.checkpoint.reader import CorruptCheckpoint, NotACheckpoint
-
-    if entry.info is None and entry.problem and entry.problem.startswith("not a reprotrain checkpoint"):
-        return NotACheckpoint(entry.problem, path=entry.path)
-    return CorruptCheckpoint(entry.problem or "invalid checkpoint", path=entry.path)

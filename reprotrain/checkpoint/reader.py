@@ -5,12 +5,14 @@ Nothing here imports torch. Loading the training state (which needs torch) is in
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Iterator
 
 from reprotrain.checkpoint import container
 from reprotrain.checkpoint.container import MANIFEST_RECORD, ContainerError, NotAContainer
@@ -133,26 +135,45 @@ def read_info(path: str | os.PathLike, *, check_integrity: bool = False) -> Chec
     damaged file is reported as damaged, not as whatever its damaged manifest happens to say.
     """
     with _open(path) as f:
-        try:
-            directory = container.read_directory(f)
-        except NotAContainer as exc:
-            raise NotACheckpoint(f"not a reprotrain checkpoint ({exc})", path=path) from None
-        except (ContainerError, OSError) as exc:
-            raise CorruptCheckpoint(f"damaged checkpoint: {exc}", path=path) from None
-        record = directory.records.get(MANIFEST_RECORD)
-        if record is None:
-            raise NotACheckpoint("not a reprotrain checkpoint (zip archive without a reprotrain manifest)", path=path)
-        if directory.trailer_digest is None:
-            raise CorruptCheckpoint("reprotrain manifest present but the integrity trailer is missing "
-                                    "(truncated or rewritten by another tool)", path=path)
-        try:
-            if check_integrity:
-                report = container.check_integrity(f, directory)
-                if not report.ok:
-                    raise CorruptCheckpoint("; ".join(report.problems), path=path)
-            raw = container.read_record(f, record)
-        except (ContainerError, OSError) as exc:
-            raise CorruptCheckpoint(f"damaged checkpoint: {exc}", path=path) from None
+        return _read_info(f, path, check_integrity=check_integrity)
+
+
+@dataclass
+class OpenCheckpoint:
+    """A checkpoint read through one open file: its manifest, integrity and tensors all come from the same
+    bytes, even if another process replaces the path meanwhile (a reader racing a writer's rename)."""
+
+    info: CheckpointInfo
+    file: object
+
+
+@contextlib.contextmanager
+def open_checkpoint(path: str | os.PathLike, *, check_integrity: bool = False) -> Iterator[OpenCheckpoint]:
+    with _open(path) as f:
+        yield OpenCheckpoint(_read_info(f, path, check_integrity=check_integrity), f)
+
+
+def _read_info(f, path, *, check_integrity: bool) -> CheckpointInfo:
+    try:
+        directory = container.read_directory(f)
+    except NotAContainer as exc:
+        raise NotACheckpoint(f"not a reprotrain checkpoint ({exc})", path=path) from None
+    except (ContainerError, OSError) as exc:
+        raise CorruptCheckpoint(f"damaged checkpoint: {exc}", path=path) from None
+    record = directory.records.get(MANIFEST_RECORD)
+    if record is None:
+        raise NotACheckpoint("not a reprotrain checkpoint (zip archive without a reprotrain manifest)", path=path)
+    if directory.trailer_digest is None:
+        raise CorruptCheckpoint("reprotrain manifest present but the integrity trailer is missing "
+                                "(truncated or rewritten by another tool)", path=path)
+    try:
+        if check_integrity:
+            report = container.check_integrity(f, directory)
+            if not report.ok:
+                raise CorruptCheckpoint("; ".join(report.problems), path=path)
+        raw = container.read_record(f, record)
+    except (ContainerError, OSError) as exc:
+        raise CorruptCheckpoint(f"damaged checkpoint: {exc}", path=path) from None
     try:
         manifest = json.loads(raw)
     except ValueError as exc:
@@ -170,9 +191,9 @@ class IntegrityResult:
     bytes_checked: int = 0
 
 
-def check_integrity(info: CheckpointInfo) -> IntegrityResult:
-    """Re-read every byte of the file and compare with the recorded digests."""
-    with _open(info.path) as f:
+def check_integrity(info: CheckpointInfo, file=None) -> IntegrityResult:
+    """Re-read every byte of the file (``file``: the already open one) and compare with the recorded digests."""
+    with contextlib.nullcontext(file) if file is not None else _open(info.path) as f:
         try:
             report = container.check_integrity(f, info.directory)
         except (ContainerError, OSError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from collections import OrderedDict
@@ -107,10 +108,17 @@ class Snapshot:
             torch.cuda.synchronize()
 
 
-def load(path: str | os.PathLike, *, map_location: Any = "cpu", mmap: bool = False) -> dict:
-    """Load a checkpoint's object with the weights-only unpickler: {"reprotrain": manifest, "state": ...}."""
+def load(source: "str | os.PathLike | reader.OpenCheckpoint", *, map_location: Any = "cpu", mmap: bool = False) -> dict:
+    """Load a checkpoint's object with the weights-only unpickler: {"reprotrain": manifest, "state": ...}.
+
+    ``source`` is a path or an already open checkpoint (reader.open_checkpoint): then the very bytes whose
+    manifest and integrity were checked are loaded, whatever happened to the path since.
+    """
+    path = source.info.path if isinstance(source, reader.OpenCheckpoint) else source
     try:
-        if reader.is_url(path):  # object stores: read through fsspec (no mmap over the network)
+        if isinstance(source, reader.OpenCheckpoint):
+            obj = _load_open(source.file, map_location=map_location, mmap=mmap)
+        elif reader.is_url(path):  # object stores: read through fsspec (no mmap over the network)
             with reader._open(path) as f:
                 obj = torch.load(f, map_location=map_location, weights_only=True)
         else:
@@ -123,3 +131,16 @@ def load(path: str | os.PathLike, *, map_location: Any = "cpu", mmap: bool = Fal
     if not isinstance(obj, dict) or "state" not in obj or "reprotrain" not in obj:
         raise reader.NotACheckpoint("not a reprotrain checkpoint (no 'reprotrain' and 'state' keys)", path=path)
     return obj
+
+
+def _load_open(f, *, map_location: Any, mmap: bool):
+    """torch.load from an open file; with mmap on Linux through /proc/self/fd, which names the open file itself."""
+    fd_path = None
+    try:
+        fd_path = f"/proc/self/fd/{f.fileno()}"
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        pass
+    if mmap and fd_path and os.path.exists(fd_path):
+        return torch.load(fd_path, map_location=map_location, weights_only=True, mmap=True)
+    f.seek(0)
+    return torch.load(f, map_location=map_location, weights_only=True)

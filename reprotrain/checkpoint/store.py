@@ -232,6 +232,15 @@ def sort_entries(entries: list[Entry]) -> list[Entry]:
     return [e for e in entries if not e.valid] + valid
 
 
+def resume_candidates(entries: list[Entry], *, report: Callable[[str], None] | None = None) -> list[Entry]:
+    """Resumable checkpoints by their manifests, newest first; unreadable files are reported."""
+    report = report or (lambda msg: None)
+    for entry in entries:
+        if entry.info is None and entry.problem:
+            report(f"skipping unreadable file {entry.path.name}: {entry.problem}")
+    return sorted((e for e in entries if e.resumable), key=Entry.sort_key, reverse=True)
+
+
 def select_for_resume(entries: list[Entry], *, report: Callable[[str], None] | None = None,
                       deep: bool = True) -> Entry | None:
     """The newest resumable checkpoint whose every byte checks out; newer damaged ones are reported and skipped.
@@ -239,10 +248,7 @@ def select_for_resume(entries: list[Entry], *, report: Callable[[str], None] | N
     ``deep=False`` trusts the manifests (retention uses it right after its own commit).
     """
     report = report or (lambda msg: None)
-    for entry in entries:
-        if entry.info is None and entry.problem:
-            report(f"skipping unreadable file {entry.path.name}: {entry.problem}")
-    for entry in sorted((e for e in entries if e.resumable), key=Entry.sort_key, reverse=True):
+    for entry in resume_candidates(entries, report=report):
         if deep and not entry.integrity_checked:
             entry = read_entry(entry.path, deep=True)
         if entry.valid:
