@@ -21,6 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.timing import format_rows  # noqa: E402
+
 CHUNK = 16 << 20
 
 
@@ -150,13 +154,9 @@ def main(argv=None) -> int:
     parser.add_argument("--mib", type=int, default=512)
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args(argv)
-    rows = [("figure", "value", "target", "baseline", "ratio")] + run(args.mib, args.runs)
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+    print(format_rows(run(args.mib, args.runs)))
     return 0
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     sys.exit(main())

@@ -14,7 +14,6 @@ py-rattler path, installs it with `env create`, then times, each RUNS times (med
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,17 +29,12 @@ from reprotrain.envlock.create import create_environment  # noqa: E402
 from reprotrain.envlock.lockfile import read_lockfile  # noqa: E402
 from reprotrain.envlock.solve import lock  # noqa: E402
 from reprotrain.envlock.verify import verify_environment  # noqa: E402
+if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.timing import median_seconds  # noqa: E402
 
 TARGET_S = 0.5
 
-
-def _median(fn, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _measure(args) -> list[tuple[str, float]]:
@@ -61,13 +55,13 @@ def _measure(args) -> list[tuple[str, float]]:
         cli = [sys.executable, "-m", "reprotrain", "env", "verify", "--lockfile", str(lockfile),
                "--prefix", str(prefix)]
         rows = [
-            ("baseline: read_lockfile", _median(lambda: read_lockfile(lockfile), args.runs)),
-            ("verify_environment", _median(verify, args.runs)),
-            ("verify_environment --deep", _median(lambda: verify(deep=True), args.runs)),
+            ("baseline: read_lockfile", median_seconds(lambda: read_lockfile(lockfile), args.runs)),
+            ("verify_environment", median_seconds(verify, args.runs)),
+            ("verify_environment --deep", median_seconds(lambda: verify(deep=True), args.runs)),
             ("CLI baseline: python -c pass",
-             _median(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), args.runs)),
+             median_seconds(lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), args.runs)),
             ("CLI: reprotrain env verify",
-             _median(lambda: subprocess.run(cli, check=True, capture_output=True), args.runs)),
+             median_seconds(lambda: subprocess.run(cli, check=True, capture_output=True), args.runs)),
         ]
     return rows
 

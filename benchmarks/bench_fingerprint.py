@@ -19,23 +19,17 @@ import argparse
 import contextlib
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.timing import median_seconds  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def _median_s(func, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _process(*args: str, env: dict | None = None):
@@ -85,8 +79,8 @@ def run(runs: int = 7) -> list[tuple[str, float, str, float, float]]:
     env = {k: v for k, v in os.environ.items() if k != "CONDA_PREFIX"}
     with _conda_prefix(None):
         fp.collect()  # first call pays the one-time imports (jsonschema, schema load)
-        plain = _median_s(fp.collect, runs)
-        baseline = _median_s(collect_env.get_env_info, max(3, runs // 2))
+        plain = median_seconds(fp.collect, runs)
+        baseline = median_seconds(collect_env.get_env_info, max(3, runs // 2))
     rows.append(("collect() in-process, torch imported (ms)", plain * 1e3, "<= 50", baseline * 1e3,
                  plain / baseline))
 
@@ -95,20 +89,20 @@ def run(runs: int = 7) -> list[tuple[str, float, str, float, float]]:
         with _conda_prefix(str(prefix)):
             doc = fp.collect()
             assert doc["packages"]["conda"]["count"] == 301, doc["packages"]["conda"]
-            with_conda = _median_s(fp.collect, runs)
+            with_conda = median_seconds(fp.collect, runs)
         rows.append(("collect() with a 301-package conda prefix (ms)", with_conda * 1e3, "<= 50", plain * 1e3,
                      with_conda / plain))
         records = sorted((prefix / "conda-meta").glob("*.json"))
-        fast = _median_s(lambda: pk.conda_packages(str(prefix)), runs)
-        full = _median_s(lambda: [json.loads(p.read_bytes()) for p in records], runs)
+        fast = median_seconds(lambda: pk.conda_packages(str(prefix)), runs)
+        full = median_seconds(lambda: [json.loads(p.read_bytes()) for p in records], runs)
         rows.append(("conda-meta read, 301 records (ms)", fast * 1e3, "-", full * 1e3, fast / full))
 
-    cli = _median_s(_process("-m", "reprotrain", "fingerprint", "--json", env=env), runs)
-    torch_env = _median_s(_process("-m", "torch.utils.collect_env", env=env), max(3, runs // 2))
+    cli = median_seconds(_process("-m", "reprotrain", "fingerprint", "--json", env=env), runs)
+    torch_env = median_seconds(_process("-m", "torch.utils.collect_env", env=env), max(3, runs // 2))
     rows.append(("`reprotrain fingerprint --json` process (ms)", cli * 1e3, "<= 0.25x", torch_env * 1e3,
                  cli / torch_env))
-    help_time = _median_s(_process("-m", "reprotrain", "--help", env=env), runs)
-    bare = _median_s(_process("-c", "pass", env=env), runs)
+    help_time = median_seconds(_process("-m", "reprotrain", "--help", env=env), runs)
+    bare = median_seconds(_process("-c", "pass", env=env), runs)
     rows.append(("`reprotrain --help` process (ms)", help_time * 1e3, "no torch import", bare * 1e3,
                  help_time / bare))
     for args in (["--help"], ["fingerprint", "--json"]):

@@ -18,24 +18,18 @@ Prints medians of RUNS runs and each row's ratio to the re-solve baseline measur
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.timing import median_seconds  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-
-def _median_seconds(func, runs: int) -> float:
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        func()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def _cli(*args: str, cwd: Path) -> None:
@@ -60,15 +54,15 @@ def _measure(runs: int) -> list[tuple[str, float, str]]:
 
         check(work / "conda-lock.yml")  # warm the in-process imports once
         rows = [
-            ("lock --check (CLI)", _median_seconds(lambda: _cli("lock", "--check", cwd=work), runs), "<= 1 s"),
-            ("check() in-process", _median_seconds(lambda: check(work / "conda-lock.yml"), runs), ""),
-            ("lock --help (CLI)", _median_seconds(lambda: _cli("lock", "--help", cwd=work), runs),
+            ("lock --check (CLI)", median_seconds(lambda: _cli("lock", "--check", cwd=work), runs), "<= 1 s"),
+            ("check() in-process", median_seconds(lambda: check(work / "conda-lock.yml"), runs), ""),
+            ("lock --help (CLI)", median_seconds(lambda: _cli("lock", "--help", cwd=work), runs),
              "torch imported: " + ("YES (FAIL)" if torch_imported else "no")),
-            ("baseline: re-solve (CLI)", _median_seconds(
+            ("baseline: re-solve (CLI)", median_seconds(
                 lambda: _cli("lock", "--solver", "rattler", "--lockfile", "resolved.yml", cwd=work), runs), ""),
-            ("baseline: python -c pass", _median_seconds(
+            ("baseline: python -c pass", median_seconds(
                 lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), runs), ""),
-            ("import conda_lock alone", _median_seconds(lambda: subprocess.run(
+            ("import conda_lock alone", median_seconds(lambda: subprocess.run(
                 [sys.executable, "-c", "import conda_lock.content_hash, conda_lock.src_parser"], check=True), runs),
              "conda-lock's package imports its whole CLI"),
         ]

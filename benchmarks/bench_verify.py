@@ -9,24 +9,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import zlib
 from pathlib import Path
+if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.timing import format_rows, median_seconds  # noqa: E402
 
 CHUNK = 16 << 20
 
-
-def _median_time(func, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _read_and_crc(path: Path) -> int:
@@ -68,7 +62,7 @@ def run(mib: int = 512, runs: int = 5) -> list[tuple[str, str, str, str, str]]:
         size = path.stat().st_size
         verify_paths([path], against=against, digest=True)  # warm the page cache and the imports
 
-        fast = _median_time(lambda: verify_paths([path], against=against, digest=False), runs)
+        fast = median_seconds(lambda: verify_paths([path], against=against, digest=False), runs)
         rows.append(("manifest-only verify, in process (--no-digest --against)", f"{fast * 1e3:.1f} ms",
                      "<= 50 ms", "-", "-"))
         command = [sys.executable, "-m", "reprotrain", "verify", "--no-digest", "--against", str(against), str(path)]
@@ -77,13 +71,13 @@ def run(mib: int = 512, runs: int = 5) -> list[tuple[str, str, str, str, str]]:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         env["PYTHONPYCACHEPREFIX"] = str(Path(tmp) / "pycache")
         subprocess.run(command, check=True, capture_output=True, env=env)
-        process = _median_time(lambda: subprocess.run(command, check=True, capture_output=True, env=env), runs)
-        interpreter = _median_time(lambda: subprocess.run(bare, check=True, capture_output=True, env=env), runs)
+        process = median_seconds(lambda: subprocess.run(command, check=True, capture_output=True, env=env), runs)
+        interpreter = median_seconds(lambda: subprocess.run(bare, check=True, capture_output=True, env=env), runs)
         rows.append(("manifest-only verify, whole process", f"{process * 1e3:.0f} ms", "-",
                      f"{interpreter * 1e3:.0f} ms (python -c pass)", f"{process / interpreter:.1f}x"))
 
-        raw = _median_time(lambda: _read_and_crc(path), runs)
-        full = _median_time(lambda: verify_paths([path], against=against, digest=True), runs)
+        raw = median_seconds(lambda: _read_and_crc(path), runs)
+        full = median_seconds(lambda: verify_paths([path], against=against, digest=True), runs)
         gib = size / (1 << 30)
         rows.append((f"full verify throughput ({size / (1 << 20):.0f} MiB file)", f"{gib / full:.2f} GiB/s",
                      ">= 0.8x baseline", f"{gib / raw:.2f} GiB/s (read + zlib.crc32)", f"{raw / full:.2f}x"))
@@ -95,10 +89,7 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=512, help="size of the checkpoint's state in MiB")
     parser.add_argument("--runs", type=int, default=5, help="runs per figure (the median is shown)")
     args = parser.parse_args()
-    rows = [("figure", "value", "target", "baseline", "ratio")] + run(args.mib, args.runs)
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    print(format_rows(run(args.mib, args.runs)))
 
 
 if __name__ == "__main__":
