@@ -139,7 +139,8 @@ class SaveClock:
                 interval = self.adaptive_interval(t)
                 if interval is None:
                     return step >= 1  # measure the cost with a first save as early as possible
-                if interval != self._announced_interval:
+                # Announce the choice, and again only when it moves by more than a quarter (not on every save).
+                if self._announced_interval is None or abs(interval - self._announced_interval) > 0.25 * self._announced_interval:
                     self._announced_interval = interval
                     self.messages.append(
                         f"adaptive save interval: {interval:.1f} s (save cost {self.save_cost:.3f} s, "
