@@ -140,7 +140,8 @@ class SaveClock:
                 if interval is None:
                     return step >= 1  # measure the cost with a first save as early as possible
                 # Announce the choice, and again only when it moves by more than a quarter (not on every save).
-                if self._announced_interval is None or abs(interval - self._announced_interval) > 0.25 * self._announced_interval:
+                last = self._announced_interval
+                if last is None or abs(interval - last) > 0.25 * last:
                     self._announced_interval = interval
                     self.messages.append(
                         f"adaptive save interval: {interval:.1f} s (save cost {self.save_cost:.3f} s, "
