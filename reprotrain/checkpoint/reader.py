@@ -181,7 +181,7 @@ def _read_info(f, path, *, check_integrity: bool) -> CheckpointInfo:
     if not isinstance(manifest, dict):
         raise CorruptCheckpoint("manifest is not a JSON object", path=path)
     validate_manifest(manifest, path=path)
-    return CheckpointInfo(Path(path), manifest, directory, directory.file_size)
+    return CheckpointInfo(as_location(path), manifest, directory, directory.file_size)
 
 
 @dataclass
