@@ -263,12 +263,12 @@ class CheckpointManager:
         self._raise_background_error()
         self._position = {"epoch": epoch, "step": step, "samples_seen": samples_seen,
                           "position": dict(position or {}), "metrics": dict(metrics or {})}
-        kind = due = None
+        kind = self._kind_for(epoch, epoch_end)
+        # A new best is saved at the epoch end that reaches it, whatever the frequency policy says.
+        due = kind == "best" or self._clock.due(step=step, epoch=epoch, epoch_end=epoch_end, now=time.monotonic())
         if self.coordinator is not None:
             # All ranks stop at the same step boundary if any of them got a signal, and save when the writer's
             # policy says so (time-based policies would disagree between ranks).
-            kind = self._kind_for(epoch, epoch_end)
-            due = kind == "best" or self._clock.due(step=step, epoch=epoch, epoch_end=epoch_end, now=time.monotonic())
             self._pending_signal, due = self.coordinator.step(self._pending_signal, due)
         if self._pending_signal is not None:
             name = self._pending_signal
@@ -278,10 +278,6 @@ class CheckpointManager:
         for msg in self._clock.messages:
             self.log(msg)
         self._clock.messages.clear()
-        if kind is None:
-            kind = self._kind_for(epoch, epoch_end)
-            # A new best is saved at the epoch end that reaches it, whatever the frequency policy says.
-            due = kind == "best" or self._clock.due(step=step, epoch=epoch, epoch_end=epoch_end, now=time.monotonic())
         if not due:
             return None
         return self._save_now(kind, end_reason="running")
