@@ -465,12 +465,12 @@ def diff_command(a, b, as_json):
     if as_json:
         emit_json(result)
     else:
-        from reprotrain.fingerprint.policy import _show
+        from reprotrain.fingerprint.policy import show_value
 
         differences = result["fingerprint"]["differences"]
         click.echo(f"environment: {len(differences)} differences" if differences else "environment: identical")
         for d in differences:
-            click.echo(f"  {d['field']}: {_show(d['recorded'])} -> {_show(d['live'])} ({d['severity']} on resume)")
+            click.echo(f"  {d['field']}: {show_value(d['recorded'])} -> {show_value(d['live'])} ({d['severity']} on resume)")
         lineage = result["lineage"]
         click.echo(f"lineage: {'same run' if lineage['same_run'] else 'different runs'}, "
                    f"{lineage['common_segments']} common segments")
@@ -479,7 +479,7 @@ def diff_command(a, b, as_json):
                 click.echo(f"  only {side.upper()}: segment {seg['segment']} steps {seg['first_step']}-"
                            f"{seg['last_step']} ({seg['end_reason'] or '-'})")
         for row in result["manifest"]:
-            click.echo(f"  {row['field']}: {_show(row['a'])} -> {_show(row['b'])}")
+            click.echo(f"  {row['field']}: {show_value(row['a'])} -> {show_value(row['b'])}")
     sys.exit(0 if result["identical_environment_and_lineage"] else 1)
 
 

@@ -23,18 +23,7 @@ import torch
 
 from reprotrain.training import Task
 from reprotrain.training.tasks import digits
-
-
-class _Delayed(torch.utils.data.Dataset):
-    def __init__(self, inner, delay_s):
-        self.inner, self.delay_s = inner, delay_s
-
-    def __len__(self):
-        return len(self.inner)
-
-    def __getitem__(self, index):
-        time.sleep(self.delay_s)
-        return self.inner[index]
+from test_training_faults import _Delayed
 
 
 class _KillPeerOnSave(torch.nn.Module):

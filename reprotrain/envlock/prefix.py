@@ -25,18 +25,25 @@ def normalise_pip_name(name: str) -> str:
     return _NORMALISE.sub("-", name).lower()
 
 
-def current_platform() -> str:
-    """The conda subdir of this machine (linux-64, osx-arm64, win-64, ...)."""
-    machine = _platform.machine().lower()
+def conda_subdir(system: str | None = None, machine: str | None = None) -> str | None:
+    """The conda subdir (linux-64, osx-arm64, win-64, ...) of this interpreter; None when conda has none."""
+    system = (system or _platform.system()).lower()
+    machine = (machine or _platform.machine()).lower()
+    os_name = {"linux": "linux", "darwin": "osx", "windows": "win"}.get(system)
     arch = {"x86_64": "64", "amd64": "64", "aarch64": "aarch64", "arm64": "arm64", "ppc64le": "ppc64le",
-            "s390x": "s390x"}.get(machine, machine)
-    if sys.platform.startswith("linux"):
-        return f"linux-{arch}"
-    if sys.platform == "darwin":
-        return f"osx-{arch}"
-    if sys.platform == "win32":
-        return f"win-{arch}"
-    return f"{sys.platform}-{arch}"
+            "s390x": "s390x", "i386": "32", "i686": "32", "x86": "32", "armv7l": "armv7l"}.get(machine)
+    if os_name is None or arch is None:
+        return None
+    if os_name == "linux" and arch == "arm64":
+        arch = "aarch64"
+    if os_name in ("osx", "win") and arch == "aarch64":
+        arch = "arm64"
+    return f"{os_name}-{arch}"
+
+
+def current_platform() -> str:
+    """The conda subdir of this machine, or `<sys.platform>-<machine>` where conda defines none."""
+    return conda_subdir() or f"{sys.platform}-{_platform.machine().lower()}"
 
 
 def default_prefix() -> Path:

@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 
+from reprotrain.envlock.prefix import conda_subdir
 from reprotrain.fingerprint import packages as _packages
 from reprotrain.fingerprint.document import SCHEMA_VERSION, empty_lock_section, validate
 
@@ -31,22 +32,6 @@ _GIT_TIMEOUT_S = 5.0
 _TORCH_DETERMINISM_FIELDS = ("cudnn_deterministic", "cudnn_benchmark", "deterministic_algorithms",
                              "deterministic_algorithms_warn_only", "tf32_matmul", "tf32_cudnn",
                              "float32_matmul_precision")
-
-
-def conda_subdir(system: str | None = None, machine: str | None = None) -> str | None:
-    """The conda subdir (linux-64, osx-arm64, win-64, ...) of this interpreter."""
-    system = (system or _platform.system()).lower()
-    machine = (machine or _platform.machine()).lower()
-    os_name = {"linux": "linux", "darwin": "osx", "windows": "win"}.get(system)
-    arch = {"x86_64": "64", "amd64": "64", "aarch64": "aarch64", "arm64": "arm64", "ppc64le": "ppc64le",
-            "s390x": "s390x", "i386": "32", "i686": "32", "x86": "32", "armv7l": "armv7l"}.get(machine)
-    if os_name is None or arch is None:
-        return None
-    if os_name == "linux" and arch == "arm64":
-        arch = "aarch64"
-    if os_name in ("osx", "win") and arch == "aarch64":
-        arch = "arm64"
-    return f"{os_name}-{arch}"
 
 
 def _libc() -> tuple[str | None, str | None]:

@@ -83,7 +83,7 @@ class Comparison:
         if not self.differences:
             return "no differences"
         rows = [("FIELD", "RECORDED", "LIVE", "SEVERITY")]
-        rows += [(d.field, _show(d.recorded), _show(d.live), d.severity) for d in self.differences]
+        rows += [(d.field, show_value(d.recorded), show_value(d.live), d.severity) for d in self.differences]
         widths = [max(len(row[i]) for row in rows) for i in range(3)]
         return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}" for r in rows)
 
@@ -100,7 +100,8 @@ class Comparison:
         return f"--on-mismatch warn, or a policy file with {entries}"
 
 
-def _show(value) -> str:
+def show_value(value) -> str:
+    """A recorded or live value as one short line (null, true/false, compact JSON)."""
     if value is None:
         return "null"
     if isinstance(value, bool):

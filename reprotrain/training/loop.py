@@ -123,7 +123,9 @@ def _recorded_config(run_dir: Path, path: Path | None) -> dict | None:
         return reader.read_info(path).manifest["config"]
     if not isinstance(run_dir, str) and not run_dir.is_dir():
         return None
-    entry = store.select_for_resume(store.list_checkpoints(run_dir))
+    # Manifests only: mgr.resume re-hashes the file it loads (and falls back if it is damaged), so a full
+    # read here would read a large checkpoint twice.
+    entry = store.select_for_resume(store.list_checkpoints(run_dir), deep=False)
     return entry.info.manifest["config"] if entry is not None else None
 
 
