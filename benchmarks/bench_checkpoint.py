@@ -79,10 +79,10 @@ def _reprotrain_write(state, folder: Path, manifest: dict) -> None:
     path.unlink()
 
 
-def _reprotrain_save(state, folder: Path, manifest: dict) -> None:
-    from reprotrain.checkpoint import format as ckformat, store
+def _reprotrain_save(state, run, manifest: dict) -> None:
+    """The durable save of a run directory whose writer lock ``run`` holds (taken once, as a trainer does)."""
+    from reprotrain.checkpoint import format as ckformat
 
-    run = store.RunDirectory(folder)
     path = run.commit("ckpt.pth", lambda f: ckformat.write(f, manifest, state))
     path.unlink()
 
@@ -94,16 +94,18 @@ def _median(samples: list[float]) -> float:
 def run(mib: int = 512, runs: int = 7) -> list[tuple[str, str, str, str, str]]:
     import torch
 
-    from reprotrain.checkpoint import CheckpointManager
+    from reprotrain.checkpoint import CheckpointManager, store
 
     state = _state(mib)
     manifest = {"kind": "latest"}
     folder = Path(tempfile.mkdtemp(prefix="reprotrain-bench-", dir=os.environ.get("BENCH_DIR")))
+    durable_run = store.RunDirectory(folder / "run")
+    durable_run.acquire()
     try:
         times: dict[str, list[float]] = {"raw": [], "torch": [], "file": [], "ours": []}
         jobs = {"raw": lambda: _raw_write(state, folder), "torch": lambda: _torch_save(state, folder),
                 "file": lambda: _reprotrain_write(state, folder, manifest),
-                "ours": lambda: _reprotrain_save(state, folder, manifest)}
+                "ours": lambda: _reprotrain_save(state, durable_run, manifest)}
         for name in jobs:  # warm the page cache and allocator once
             jobs[name]()
         for i in range(runs):
@@ -135,6 +137,7 @@ def run(mib: int = 512, runs: int = 7) -> list[tuple[str, str, str, str, str]]:
             shutil.rmtree(run_dir)
         sync, block = _median(sync_times), _median(block_times)
     finally:
+        durable_run.release()
         shutil.rmtree(folder, ignore_errors=True)
     size = f"{mib} MiB"
     return [

@@ -5,7 +5,7 @@
 Builds the tests' local channel (offline), locks it for three platforms, then times, as real
 subprocesses (what a user or CI sees, interpreter start included) and in-process:
 
-  lock --check (CLI)        target <= 1 s
+  lock --check (CLI)        target <= 0.5 s (a fresh lock: conda-lock is not imported, see content_hash.py)
   check() in-process        the work itself, without interpreter start and imports
   lock --help (CLI)         must never import torch (verified with -X importtime)
   baseline: re-solve (CLI)  what a check costs when it has to solve (`reprotrain lock`, py-rattler, three platforms)
@@ -54,7 +54,7 @@ def _measure(runs: int) -> list[tuple[str, float, str]]:
 
         check(work / "conda-lock.yml")  # warm the in-process imports once
         rows = [
-            ("lock --check (CLI)", median_seconds(lambda: _cli("lock", "--check", cwd=work), runs), "<= 1 s"),
+            ("lock --check (CLI)", median_seconds(lambda: _cli("lock", "--check", cwd=work), runs), "<= 0.5 s"),
             ("check() in-process", median_seconds(lambda: check(work / "conda-lock.yml"), runs), ""),
             ("lock --help (CLI)", median_seconds(lambda: _cli("lock", "--help", cwd=work), runs),
              "torch imported: " + ("YES (FAIL)" if torch_imported else "no")),
@@ -64,7 +64,7 @@ def _measure(runs: int) -> list[tuple[str, float, str]]:
                 lambda: subprocess.run([sys.executable, "-c", "pass"], check=True), runs), ""),
             ("import conda_lock alone", median_seconds(lambda: subprocess.run(
                 [sys.executable, "-c", "import conda_lock.content_hash, conda_lock.src_parser"], check=True), runs),
-             "conda-lock's package imports its whole CLI"),
+             "conda-lock's package imports its whole CLI (no longer on the --check path)"),
         ]
     return rows
 

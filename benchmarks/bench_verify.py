@@ -54,7 +54,7 @@ def _make_checkpoint(folder: Path, mib: int) -> tuple[Path, Path]:
 
 
 def run(mib: int = 512, runs: int = 5) -> list[tuple[str, str, str, str, str]]:
-    from reprotrain.checkpoint.audit import verify_paths
+    from reprotrain.audit import verify_paths
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="reprotrain-bench-verify-") as tmp:

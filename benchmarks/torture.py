@@ -202,7 +202,7 @@ def _child(run_dir: str, trap: str, variant: str, occurrence: int, pipe: int, di
 
 def _final_digest(run_dir: str) -> str:
     from reprotrain.checkpoint import list_checkpoints, select_for_resume, state
-    from reprotrain.checkpoint.audit import training_state_digest
+    from reprotrain.audit import training_state_digest
 
     pick = select_for_resume(list_checkpoints(run_dir, deep=True))
     return training_state_digest(state.load(pick.path)["state"])
@@ -368,7 +368,7 @@ def torture(kills: int, *, seed: int = 0, episode: int = 10, run_root: str | os.
     import torch
 
     torch.set_num_threads(1)  # before any torch work, so that forked children inherit no thread pool
-    import reprotrain.checkpoint.audit  # noqa: F401  (imported once here, not per child)
+    import reprotrain.audit.digest  # noqa: F401  (imported once here, not per child)
     from reprotrain.training import TrainConfig
 
     mlp_digits(TrainConfig(**_options()))  # load the data set once, before the first fork

@@ -44,7 +44,10 @@ def main() -> None:
     inputs = torch.randn(2048, 20)
     targets = (inputs[:, :5].sum(dim=1) > 0).long()
     dataset = TensorDataset(inputs, targets)
-    model = torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
+    # Dropout draws from torch's global generator: a resumed run is bit-identical only because the checkpoint
+    # carries that generator's state and resume restores it.
+    model = torch.nn.Sequential(torch.nn.Linear(20, 64), torch.nn.ReLU(), torch.nn.Dropout(0.2),
+                                torch.nn.Linear(64, 2))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
     position = EpochPosition()
@@ -74,8 +77,10 @@ def main() -> None:
             epoch += 1
             position.batch = 0
             scheduler.step()
+            model.eval()
             with torch.no_grad():
                 accuracy = (model(inputs).argmax(dim=1) == targets).float().mean().item()
+            model.train()
             print(f"epoch {epoch}: accuracy {accuracy:.3f}")
             mgr.step_done(epoch=epoch, step=step, samples_seen=step * 64, metrics={"accuracy": accuracy},
                           epoch_end=True)

@@ -4,7 +4,7 @@ Packages are real `.conda` archives made by py-rattler-build's `assemble_package
 rattler's `index_fs`; every archive and every `repodata.json` is byte-reproducible because the build
 timestamp is fixed and the index timestamp is normalised to it.
 
-The default channel models a small PyTorch distribution for linux-64, osx-arm64 and win-64:
+The default channel models a small PyTorch distribution for linux-64, osx-arm64, osx-64 and win-64:
 
     noarch:   tzdata, click (two versions), cuda-version (12.4)
     per platform: python 3.11.7, numpy 1.26.4, pytorch 2.14.1 (cpu build)
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-PLATFORMS: tuple[str, ...] = ("linux-64", "osx-arm64", "win-64")
+PLATFORMS: tuple[str, ...] = ("linux-64", "osx-arm64", "osx-64", "win-64")  # conda-lock's default set
 CUDA_PLATFORMS: tuple[str, ...] = ("linux-64", "win-64")
 # Fixed so that archives and repodata are byte-for-byte reproducible.
 FIXED_TIMESTAMP = _dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=_dt.timezone.utc)

@@ -12,8 +12,8 @@ import zipfile
 import pytest
 from click.testing import CliRunner
 
-from reprotrain.checkpoint import foreign
-from reprotrain.checkpoint.audit import verify_paths, worst_exit_code
+from reprotrain.audit import classify as foreign
+from reprotrain.audit import verify_paths, worst_exit_code
 from reprotrain.cli import main
 from tests.conftest import run_cli
 

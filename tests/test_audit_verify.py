@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from reprotrain import fingerprint as fp
 from reprotrain.checkpoint import container
-from reprotrain.checkpoint.audit import diff_paths, inspect_path, state_digest, verify_paths
+from reprotrain.audit import diff_paths, inspect_path, state_digest, verify_paths
 from reprotrain.cli import main
 from tests.audit_checkpoints import small_state, write_checkpoint, write_fingerprint
 
@@ -113,6 +113,64 @@ def test_lock_gate(checkpoint, recorded, realworld):
     assert {row["field"] for row in refused.lock} == {"python.version", "torch.version", "torch.cuda", "torch.cudnn"}
     [warned] = verify_paths([checkpoint], lock=lock, on_mismatch="warn")
     assert warned.exit_code == 0 and any("torch.version" in w for w in warned.warnings)
+
+
+def _trained_where_the_lock_pins(recorded: dict, **torch_changes) -> dict:
+    """A fingerprint of a linux-64 machine with exactly what the real-world lock pins (Python 3.10.13, torch 2.0.1,
+    CUDA 11.8, cuDNN 8.7.0): another machine than this one, whatever this one is."""
+    doc = copy.deepcopy(recorded)
+    doc["platform"]["conda_subdir"] = "linux-64"
+    doc["python"]["version"] = "3.10.13"
+    doc["torch"].update({"version": "2.0.1+cu118", "cuda": "11.8", "cudnn": "8.7.0", **torch_changes})
+    return doc
+
+
+def test_verify_compares_with_the_named_reference_only(recorded, tmp_path, realworld):
+    """--lock compares with the lock's pins, --against with that fingerprint, both with both; the live environment
+    only when nothing is named; the result says which."""
+    lock = realworld / "conda-lock" / "01-ai__Yi__conda-lock.yml"  # linux-64, Python 3.10.13, torch 2.0.1, CUDA 11.8
+    trained = _trained_where_the_lock_pins(recorded)
+    assert fp.compare(trained, recorded).refused  # this machine is not the training machine
+    checkpoint = write_checkpoint(tmp_path / "ck.pth", fingerprint=trained)
+    training_fp = write_fingerprint(tmp_path / "training.json", trained)
+    live_fp = write_fingerprint(tmp_path / "live.json", recorded)
+
+    [by_lock] = verify_paths([checkpoint], lock=lock)
+    assert (by_lock.exit_code, by_lock.category) == (0, "checkpoint"), by_lock.reason
+    assert by_lock.reason.endswith(f"environment matches the lock {lock}") and by_lock.fingerprint is None
+    assert by_lock.reference["kind"] == "lock" and all(row["ok"] for row in by_lock.lock)
+
+    [by_file] = verify_paths([checkpoint], against=training_fp)
+    assert by_file.exit_code == 0 and by_file.reason.endswith(f"environment matches {training_fp}")
+    assert by_file.lock is None and by_file.reference["kind"] == "fingerprint"
+
+    [live] = verify_paths([checkpoint])
+    assert live.exit_code == 1 and "against the live environment: " in live.reason and "torch.version" in live.reason
+    assert live.reference["kind"] == "live"
+
+    [both] = verify_paths([checkpoint], against=live_fp, lock=lock)
+    assert both.exit_code == 1 and f"against {live_fp} and the lock {lock}: " in both.reason
+    assert both.reference["kind"] == "fingerprint+lock" and "lock:" not in both.reason  # the lock itself agrees
+
+    other_build = write_checkpoint(tmp_path / "other.pth", fingerprint=_trained_where_the_lock_pins(
+        recorded, version="2.0.0+cu118"))
+    [refused] = verify_paths([other_build], lock=lock)
+    assert refused.exit_code == 1 and refused.category == "environment-refused"
+    assert f"against the lock {lock}: lock: torch.version 2.0.0+cu118 is not the locked 2.0.1" in refused.reason
+
+
+def test_cli_verify_with_the_lock_passes_on_a_runner_unlike_the_training_machine(recorded, tmp_path, realworld):
+    """docs/ci.md's gate as a real process: the checkpoint matches the lock, this machine does not."""
+    lock = realworld / "conda-lock" / "01-ai__Yi__conda-lock.yml"
+    checkpoint = write_checkpoint(tmp_path / "ck.pth", fingerprint=_trained_where_the_lock_pins(recorded))
+    result = subprocess.run([sys.executable, "-m", "reprotrain", "verify", str(checkpoint), "--lock", str(lock)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith(f"OK       {checkpoint}: ok: integrity verified, manifest valid, "
+                                    f"environment matches the lock {lock}"), result.stdout
+    as_json = subprocess.run([sys.executable, "-m", "reprotrain", "verify", str(checkpoint), "--json"],
+                             capture_output=True, text=True, timeout=300)
+    assert as_json.returncode == 1 and json.loads(as_json.stdout)["results"][0]["reference"]["kind"] == "live"
 
 
 def test_cli_verify_json_and_exit_codes(checkpoint, recorded, tmp_path, realworld):

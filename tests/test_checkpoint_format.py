@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import zipfile
 from pathlib import Path
@@ -125,38 +126,25 @@ def _is_rejected(path: Path) -> bool:
     return False
 
 
-def _integrity_rejects(data: bytes) -> bool:
-    """What read_valid checks before it parses anything: directory, trailer, every byte's digest."""
-    f = io.BytesIO(data)
-    try:
-        directory = container.read_directory(f)
-    except container.ContainerError:
-        return True
-    if MANIFEST_RECORD not in directory.records:
-        return True
-    try:
-        return not container.check_integrity(f, directory).ok
-    except container.ContainerError:
-        return True
-
-
-def test_every_single_byte_change_is_detected(small_checkpoint, tmp_path):
+def test_every_single_byte_flipped_is_rejected_by_the_real_reader(small_checkpoint, tmp_path):
+    """Each byte of a small checkpoint in turn, inverted, written to a file and read by `read_valid` (what resume
+    and `verify` use): not one damaged file is accepted."""
     data = small_checkpoint.read_bytes()
-    assert not _integrity_rejects(data)
-    missed = []
-    for offset in range(len(data)):
-        damaged = bytearray(data)
-        damaged[offset] ^= 0xFF
-        if not _integrity_rejects(bytes(damaged)):
-            missed.append(offset)
-    assert not missed, f"{len(missed)} of {len(data)} flipped bytes went unnoticed, first at {missed[:5]}"
-    # And the public entry point agrees on a sample of them, through real files.
     target = tmp_path / "flipped.pth"
-    for offset in range(0, len(data), max(1, len(data) // 50)):
-        damaged = bytearray(data)
-        damaged[offset] ^= 0x01
-        target.write_bytes(damaged)
-        assert _is_rejected(target), offset
+    target.write_bytes(data)
+    assert not _is_rejected(target)
+    missed = []
+    fd = os.open(target, os.O_RDWR)
+    try:
+        for offset in range(len(data)):
+            os.pwrite(fd, bytes([data[offset] ^ 0xFF]), offset)
+            if not _is_rejected(target):
+                missed.append(offset)
+            os.pwrite(fd, data[offset:offset + 1], offset)
+    finally:
+        os.close(fd)
+    assert target.read_bytes() == data
+    assert not missed, f"{len(missed)} of {len(data)} flipped bytes went unnoticed, first at {missed[:5]}"
 
 
 def test_truncation_anywhere_is_detected(small_checkpoint, tmp_path):
@@ -193,3 +181,56 @@ def test_manifest_records_fingerprint_lineage_and_state_summary(tmp_path):
     assert m["fingerprint_digest"] in m["environments"]
     assert m["lineage"][0]["segment"] == 0 and m["lineage"][0]["last_step"] == 9
     assert m["state"]["components"] == ["model", "rng"] and m["state"]["tensor_bytes"] > 0
+
+
+def test_manifest_that_breaks_the_schema_is_refused_by_every_reader(tmp_path):
+    """Well-formed JSON, intact integrity trailer, but `step` is a string: the schema, not the JSON parser or the
+    integrity check, is what refuses it, and resume passes over it to the valid older checkpoint."""
+    from audit_checkpoints import manifest_for, small_state
+    from reprotrain import fingerprint as fp
+    from reprotrain.checkpoint import list_checkpoints, select_for_resume
+
+    state = small_state()
+    good = tmp_path / "step0000000001-latest.pth"
+    bad = tmp_path / "step0000000009-latest.pth"
+    fingerprint = fp.collect()
+    with open(good, "wb") as handle:
+        ckformat.write(handle, manifest_for(state, fingerprint, step=1), state)
+    with open(bad, "wb") as handle:
+        ckformat.write(handle, {**manifest_for(state, fingerprint, step=9), "step": "nine"}, state)
+    for check in (False, True):
+        with pytest.raises(CorruptCheckpoint, match=r"manifest is invalid at step: 'nine' is not of type 'integer'"):
+            reader.read_info(bad, check_integrity=check)
+    entries = {e.path.name: e for e in list_checkpoints(tmp_path)}
+    assert not entries[bad.name].valid and entries[bad.name].problem.startswith("manifest is invalid at step")
+    assert select_for_resume(list(entries.values())).path == good
+
+
+def test_secrets_are_redacted_at_every_depth_of_the_config(tmp_path):
+    config = {"lr": 0.1, "hub_token": "top-secret-1",
+              "tracking": {"uri": "http://x", "api_key": "top-secret-2",
+                           "auth": {"password": "top-secret-3", "user": "me"}},
+              "remotes": [{"name": "a", "access_key": "top-secret-4"}], "empty_token": ""}
+    mgr = CheckpointManager(tmp_path, torch.nn.Linear(2, 2), config=config, save_policy="never")
+    path = mgr.save("latest", epoch=0, step=1, samples_seen=1)
+    mgr.close()
+    recorded = reader.read_info(path).manifest["config"]
+    assert recorded == {"lr": 0.1, "hub_token": "<redacted>", "tracking": {"uri": "http://x", "api_key": "<redacted>",
+                        "auth": {"password": "<redacted>", "user": "me"}},
+                        "remotes": [{"name": "a", "access_key": "<redacted>"}], "empty_token": ""}
+    assert b"top-secret" not in path.read_bytes()
+    assert config["tracking"]["api_key"] == "top-secret-2"  # the caller's dict is not modified
+
+
+def test_rng_capture_and_restore_replay_python_numpy_and_torch_draws():
+    from reprotrain.checkpoint import rng
+
+    random.seed(3), np.random.seed(3), torch.manual_seed(3)
+    random.gauss(0, 1), np.random.standard_normal()  # both cache a second Gaussian: part of the state too
+    saved = rng.capture()
+    expected = (random.random(), random.gauss(0, 1), np.random.rand(4).tolist(), np.random.standard_normal(),
+                torch.rand(4).tolist())
+    random.seed(99), np.random.seed(99), torch.manual_seed(99)
+    assert rng.restore(saved) == []
+    assert (random.random(), random.gauss(0, 1), np.random.rand(4).tolist(), np.random.standard_normal(),
+            torch.rand(4).tolist()) == expected

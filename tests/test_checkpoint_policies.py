@@ -119,3 +119,67 @@ def test_retention(policy, candidates, mode, pick, deleted):
 def test_bad_retention_is_a_clear_error(kwargs):
     with pytest.raises(ReprotrainError):
         RetentionPolicy(**kwargs)
+
+
+# Every call pattern a loop may use (docs/library.md, "Save policies"), 8 epochs of 4 steps, 1 s per step:
+# A: a step_done per step only (``epoch`` = completed epochs), B: one step_done per epoch (epoch_end=True) only,
+# C: both (RUN above), D: one optimizer step per epoch (full-batch LBFGS), one call per epoch with epoch_end=True.
+PATTERN = {
+    "per-step": [(s, (s - 1) // 4, False, float(s)) for s in range(1, 33)],
+    "per-epoch": [(4 * e, e, True, float(4 * e)) for e in range(1, 9)],
+    "both": RUN,
+    "one-step-per-epoch": [(e, e, True, float(e)) for e in range(1, 9)],
+}
+SAVED_STEPS = {  # spec -> {pattern: steps at which a save is due}
+    "steps:1": {"per-step": list(range(1, 33)), "per-epoch": [4, 8, 12, 16, 20, 24, 28, 32],
+                "both": list(range(1, 33)), "one-step-per-epoch": list(range(1, 9))},
+    "steps:10": {"per-step": [10, 20, 30], "per-epoch": [12, 20, 32], "both": [10, 20, 30],
+                 "one-step-per-epoch": []},
+    "steps:3": {"per-step": list(range(3, 33, 3)), "per-epoch": [4, 8, 12, 16, 20, 24, 28, 32],
+                "both": list(range(3, 33, 3)), "one-step-per-epoch": [3, 6]},
+    "epochs:1": {"per-step": [5, 9, 13, 17, 21, 25, 29], "per-epoch": [4, 8, 12, 16, 20, 24, 28, 32],
+                 "both": [4, 8, 12, 16, 20, 24, 28, 32], "one-step-per-epoch": list(range(1, 9))},
+    "epochs:3": {"per-step": [13, 25], "per-epoch": [12, 24], "both": [12, 24], "one-step-per-epoch": [3, 6]},
+    "exp-steps": {"per-step": [1, 2, 4, 8, 16, 32], "per-epoch": [4, 8, 16, 32], "both": [1, 2, 4, 8, 16, 32],
+                  "one-step-per-epoch": [1, 2, 4, 8]},
+    "exp-epochs": {"per-step": [5, 9, 17], "per-epoch": [4, 8, 16, 32], "both": [4, 8, 16, 32],
+                   "one-step-per-epoch": [1, 2, 4, 8]},
+    "at-steps:3,17": {"per-step": [3, 17], "per-epoch": [4, 20], "both": [3, 17], "one-step-per-epoch": [3]},
+    "at-epochs:2,5": {"per-step": [9, 21], "per-epoch": [8, 20], "both": [8, 20], "one-step-per-epoch": [2, 5]},
+    "seconds:9": {"per-step": [9, 18, 27], "per-epoch": [12, 24], "both": [9, 18, 27], "one-step-per-epoch": []},
+    "epochs:4+steps:14": {"per-step": [14, 17, 28], "per-epoch": [16, 28, 32], "both": [14, 16, 28, 32],
+                          "one-step-per-epoch": [4, 8]},
+    "never": {"per-step": [], "per-epoch": [], "both": [], "one-step-per-epoch": []},
+}
+
+
+@pytest.mark.parametrize("pattern", sorted(PATTERN))
+@pytest.mark.parametrize("spec", sorted(SAVED_STEPS))
+def test_save_policy_for_every_call_pattern(spec, pattern):
+    assert [step for step, _, _ in saves(spec, PATTERN[pattern])] == SAVED_STEPS[spec][pattern]
+
+
+@pytest.mark.parametrize("pattern", sorted(PATTERN))
+def test_no_point_of_a_step_policy_is_skipped_or_saved_twice(pattern):
+    # Whatever the pattern, steps:N saves once per multiple of N reached (at the first call at or past it).
+    hits = [step for step, _, _ in saves("steps:2", PATTERN[pattern])]
+    assert len(hits) == len(set(hits))
+    reached = {2 * (step // 2) for step, *_ in PATTERN[pattern]}
+    assert {2 * (h // 2) for h in hits} == {r for r in reached if r}
+
+
+def test_a_resumed_clock_does_not_save_again_at_the_points_behind_it():
+    clock = SaveClock(SavePolicy.parse("steps:10+epochs:1"), last_save_time=0.0)
+    clock.resume_at(step=20, epoch=5)
+    assert not clock.due(step=21, epoch=5, epoch_end=False, now=1.0)
+    assert clock.due(step=30, epoch=5, epoch_end=False, now=2.0)
+    assert clock.due(step=30, epoch=6, epoch_end=True, now=3.0)
+
+
+@pytest.mark.parametrize("spec, step, epoch, exhausted", [
+    ("at-steps:3,17", 17, 4, True), ("at-steps:3,17", 16, 4, False), ("at-epochs:2", 9, 2, True),
+    ("at-steps:5+at-epochs:9", 5, 3, False), ("never", 100, 100, False), ("steps:5", 10**6, 9, False),
+    ("seconds:1", 1, 0, False),
+])
+def test_exhausted_policies(spec, step, epoch, exhausted):
+    assert SavePolicy.parse(spec).exhausted(step=step, epoch=epoch) is exhausted

@@ -182,3 +182,42 @@ def test_resume_is_gated_by_the_environment_policy(tmp_path, monkeypatch, on_mis
             assert len(manifest["environments"]) == 2
     finally:
         mgr.close()
+
+
+def test_writer_listing_reads_only_new_or_replaced_checkpoints(tmp_path, monkeypatch):
+    from reprotrain.checkpoint import reader as ckreader
+
+    model = torch.nn.Linear(4, 2)
+    mgr = CheckpointManager(tmp_path, model, save_policy="never", log=lambda m: None)
+    first = mgr.save(epoch=0, step=1, samples_seen=1)
+    second = mgr.save(epoch=0, step=2, samples_seen=2)
+    reads = []
+    real = ckreader.read_info
+    monkeypatch.setattr(ckreader, "read_info", lambda path, **kw: reads.append(Path(path).name) or real(path, **kw))
+    listed = mgr.run_dir.list_checkpoints()
+    assert [e.path.name for e in listed] == [first.name, second.name] and reads == []
+    # A checkpoint replaced by a rename (a new inode) is read again, and what it says now is what is listed.
+    replacement = tmp_path / "replacement.tmp"
+    replacement.write_bytes(b"not a checkpoint")
+    os.replace(replacement, first)
+    listed = mgr.run_dir.list_checkpoints()
+    assert reads == [first.name]
+    assert not next(e for e in listed if e.path.name == first.name).valid
+    mgr.close()
+
+
+def test_a_commit_seeds_the_listing_so_retention_reads_nothing(tmp_path, monkeypatch):
+    from reprotrain.checkpoint import reader as ckreader
+
+    mgr = CheckpointManager(tmp_path, torch.nn.Linear(4, 2), save_policy="never", log=lambda m: None)
+    mgr.save(epoch=0, step=1, samples_seen=1)
+    scans = []
+    real = ckreader.scan_pickles
+    monkeypatch.setattr(ckreader, "scan_pickles", lambda f, d: scans.append(1) or real(f, d))
+    newest = mgr.save(epoch=0, step=2, samples_seen=2)
+    assert scans == []  # the retention listing after the save re-read neither the new file nor the old one
+    assert [e.path.name for e in mgr.run_dir.list_checkpoints()][-1] == newest.name
+    mgr.close()
+    # Any other reader still scans: the same file read afresh goes through the scanner.
+    ckreader.read_info(newest)
+    assert scans == [1]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from conftest import run_cli
 from reprotrain.checkpoint import list_checkpoints, reader, select_for_resume
-from reprotrain.checkpoint.audit import verify_paths
+from reprotrain.audit import verify_paths
 
 TESTS_DIR = Path(__file__).resolve().parent
 TRAIN = ["train", "--task", "test_training_faults:slow_digits", "--epochs", "1", "--batch-size", "64", "--save",

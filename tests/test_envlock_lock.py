@@ -25,19 +25,19 @@ SPECS = ["python 3.11.*", "pytorch", "click"]
 
 @pytest.fixture(scope="module")
 def locked(channel, tmp_path_factory):
-    """One rattler lock of SPECS for the three default platforms, shared by read-only tests."""
+    """One rattler lock of SPECS for the four default platforms, shared by read-only tests."""
     root = tmp_path_factory.mktemp("locked")
     env = write_environment_file(root / "environment.yml", channel, SPECS)
     result = lock([env], lockfile=root / "conda-lock.yml", solver="rattler")
     return root, env, result
 
 
-def test_rattler_solves_three_platforms_into_conda_lock_format(locked, channel):
+def test_rattler_solves_the_default_platforms_into_conda_lock_format(locked, channel):
     from conda_lock.lockfile import parse_conda_lock_file
 
     root, _, result = locked
     assert result["solver"] == "rattler"
-    assert result["platforms"] == ["linux-64", "osx-arm64", "win-64"]
+    assert result["platforms"] == ["linux-64", "osx-arm64", "osx-64", "win-64"]  # conda-lock's default set
     parsed = parse_conda_lock_file(root / "conda-lock.yml")  # conda-lock's own reader accepts it
     assert parsed.metadata.sources == ["environment.yml"]
     pins = {p: platform_pins(parsed, p) for p in result["platforms"]}
@@ -129,7 +129,7 @@ def test_cli_check_exit_codes(locked, tmp_path):
     edited = tmp_path / "environment.yml"
     edited.write_text(env.read_text().replace("python 3.11.*", "python 3.11.7"))
     stale = run_cli("lock", "--check", "--lockfile", str(root / "conda-lock.yml"), "-f", str(edited))
-    assert stale.returncode == 1 and "STALE for linux-64, osx-arm64, win-64" in stale.stdout
+    assert stale.returncode == 1 and "STALE for linux-64, osx-arm64, osx-64, win-64" in stale.stdout
     broken = tmp_path / "broken.yml"
     broken.write_text("dependencies: [python\n")
     bad = run_cli("lock", "--check", "--lockfile", str(root / "conda-lock.yml"), "-f", str(broken))

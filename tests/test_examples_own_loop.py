@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from reprotrain.checkpoint import list_checkpoints, select_for_resume
-from reprotrain.checkpoint.audit import training_state_digest
+from reprotrain.audit import training_state_digest
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "own_loop.py"
 

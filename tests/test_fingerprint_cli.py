@@ -92,6 +92,22 @@ def test_compare_refused_by_policy_exits_1_with_the_allow_hint(runner, tmp_path)
                                      "with `python.version: warn`")
 
 
+def test_compare_refuses_another_torch_minor_and_warns_on_another_build(runner, tmp_path):
+    live = fp.collect(code_dir=str(tmp_path))["torch"]["version"]
+    major, minor = (int(part) for part in live.split(".")[:2])
+    other_minor = _recorded_elsewhere(tmp_path, **{"torch.version": f"{major}.{minor + 1}.0"})
+    result = runner.invoke(main, ["fingerprint", "--compare", other_minor, "--code-dir", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    [row] = [line.split() for line in result.stdout.splitlines() if line.startswith("torch.version")]
+    assert row == ["torch.version", f"{major}.{minor + 1}.0", live, "refuse"]
+    assert "`torch.version: warn`" in result.stderr
+    other_build = _recorded_elsewhere(tmp_path, **{"torch.version": f"{major}.{minor}.99+other"})
+    result = runner.invoke(main, ["fingerprint", "--compare", other_build, "--code-dir", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert [(d["field"], d["severity"]) for d in report["differences"]] == [("torch.version", "warn")]
+
+
 @pytest.mark.parametrize("extra, exit_code", [
     (["--on-mismatch", "warn"], 0), (["--on-mismatch", "ignore"], 0), (["--on-mismatch", "refuse"], 1),
     (["--policy", "POLICY"], 0),
@@ -148,7 +164,7 @@ def _imported_modules(importtime_stderr: str) -> set[str]:
             if line.startswith("import time:") and line.count("|") == 2}
 
 
-@pytest.mark.parametrize("args", [["--help"], ["fingerprint", "--json"], ["fingerprint", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["fingerprint", "--json"], ["fingerprint", "--help"], ["train", "--help"]])
 def test_cli_does_not_import_torch(tmp_path, args):
     result = run_cli(*args, env={"PYTHONPROFILEIMPORTTIME": "1"}, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -157,4 +173,6 @@ def test_cli_does_not_import_torch(tmp_path, args):
     if args[0] == "fingerprint" and args[-1] == "--json":
         assert "reprotrain.fingerprint.collect" in modules
         fp.validate(json.loads(result.stdout))
-    assert not {m for m in modules if m == "torch" or m.startswith("torch.")}
+    heavy = ("torch", "lightning", "pytorch_lightning", "lightning_fabric", "transformers", "accelerate", "wandb",
+             "mlflow")
+    assert not {m for m in modules if m.split(".")[0] in heavy}, "a heavy framework was imported"

@@ -24,21 +24,23 @@ import torch
 
 from reprotrain.checkpoint import CheckpointManager, RetentionPolicy, list_checkpoints, read_info, select_for_resume
 from reprotrain.checkpoint import reader
-from reprotrain.checkpoint.audit import inspect_path
+from reprotrain.audit import inspect_path
 
 # For each FAULT (in its own run directory): save step 1, install the fault, try to save step 2 with a 1 MiB model,
 # undo the fault; print one JSON line per fault. One child for all faults: a torch import per fault is slow.
 CHILD = textwrap.dedent("""
     import errno, json, os, resource, signal, sys, time
     import torch
-    from reprotrain.checkpoint import CheckpointManager, RetentionPolicy, store
+    from reprotrain.checkpoint import CheckpointManager, RetentionPolicy
+    from reprotrain.checkpoint.storage import local as store  # the local store (its commit writes through _FdWriter)
     from reprotrain.errors import ReprotrainError
 
     base, faults = sys.argv[1], sys.argv[2:]
     real_fsync = os.fsync
+    real_writer = store._FdWriter
 
     class FaultyFile:
-        # The file object store.commit writes through, with a fault at the write boundary.
+        # The file object the local store's commit writes through (_FdWriter), with a fault at the write boundary.
         def __init__(self, raw, fault):
             self.raw, self.fault, self.written = raw, fault, 0
         def write(self, data):
@@ -66,7 +68,7 @@ CHILD = textwrap.dedent("""
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of being killed by the signal
             resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.RLIM_INFINITY))
         elif fault in ("eio-write", "slow"):
-            store.open = lambda *args, fault=fault, **kwargs: FaultyFile(open(*args, **kwargs), fault)
+            store._FdWriter = lambda fd, fault=fault: FaultyFile(real_writer(fd), fault)
         elif fault in ("eio-fsync", "eio-dirfsync"):
             calls = []
             def fsync(fd, fault=fault, calls=calls):
@@ -84,7 +86,7 @@ CHILD = textwrap.dedent("""
         finally:
             resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
             os.fsync = real_fsync
-            vars(store).pop("open", None)
+            store._FdWriter = real_writer
             mgr.close()
         print(json.dumps(result), flush=True)
 """)
@@ -199,28 +201,63 @@ def test_integrity_check_of_a_replaced_file_never_passes_with_the_old_manifest(t
         reader.check_integrity(reader.CheckpointInfo(b, info.manifest, info.directory, info.size))
 
 
+def _holds_open(pid: int, path: Path) -> bool:
+    """Whether process PID has PATH open (one of its /proc/PID/fd links names it)."""
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _verify_process(path: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "reprotrain", "verify", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
 def test_verify_while_the_file_is_unlinked_mid_read_is_ok_or_one_clear_line(tmp_path):
     """A real `reprotrain verify` process re-hashing a 64 MiB file that is unlinked at a random instant: either it
-    read the whole (still open) file and says ok, or it never opened it and says `no such file`; never a traceback."""
+    read the whole (still open) file and says ok, or it never opened it and says `no such file`; never a traceback.
+    Then the instant is pinned: the file is unlinked while the reader is seen holding it open (the reader stopped
+    meanwhile), and the reader must finish the file it opened and say ok."""
     [path] = _save(tmp_path / "run", [1], size=4096)
     rng = random.Random(3)
-    outcomes = set()
-    for attempt in range(4):
+    for attempt in range(3):
         copy = tmp_path / f"copy{attempt}.pth"
         shutil.copyfile(path, copy)
-        proc = subprocess.Popen([sys.executable, "-m", "reprotrain", "verify", str(copy)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = _verify_process(copy)
         time.sleep(rng.uniform(0.2, 2.5))
         copy.unlink()
         out, err = proc.communicate(timeout=300)
         assert "Traceback" not in err, err
-        if proc.returncode == 0:
-            outcomes.add("ok")
-        else:
+        if proc.returncode != 0:
             assert proc.returncode == 2, (out, err)
             assert f"{copy}" in out + err and "no such file" in out + err, (out, err)
-            outcomes.add("vanished")
-    assert outcomes
+
+    for attempt in range(5):
+        copy = tmp_path / f"pinned{attempt}.pth"
+        shutil.copyfile(path, copy)
+        proc = _verify_process(copy)
+        while proc.poll() is None and not _holds_open(proc.pid, copy):
+            time.sleep(0.001)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGSTOP)
+        pinned = proc.poll() is None and _holds_open(proc.pid, copy)
+        if pinned:
+            copy.unlink()
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=300)
+        if pinned:
+            assert proc.returncode == 0 and out.startswith(f"OK       {copy}: ok: integrity verified"), (out, err)
+            return
+    pytest.fail("the verify process was never seen holding the file open (5 tries)")
 
 
 def test_inspect_of_a_file_replaced_after_its_integrity_check_reports_one_file(tmp_path, monkeypatch):

@@ -9,75 +9,16 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 import torch
 
 pytest.importorskip("s3fs", reason="s3fs is the S3 protocol for fsspec (extra: reprotrain[s3])")
-import boto3  # noqa: E402  (installed with moto[server])
 
-from conftest import run_cli  # noqa: E402
+from conftest import CREDENTIALS, MotoServer, run_cli  # noqa: E402,F401
 from reprotrain.checkpoint import CheckpointManager, RetentionPolicy, store  # noqa: E402
 from reprotrain.errors import ReprotrainError  # noqa: E402
-from reprotrain.integrations.objectstore import ObjectRunDirectory, ObjectStoreError  # noqa: E402
-
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class MotoServer:
-    def __init__(self):
-        self.port = _free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        moto = os.path.join(os.path.dirname(sys.executable), "moto_server")
-        self.proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(self.endpoint + "/moto-api/", timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    self.stop()
-                    raise RuntimeError("moto_server did not start")
-                time.sleep(0.1)
-
-    def client(self):
-        return boto3.client("s3", endpoint_url=self.endpoint, **{k.lower(): v for k, v in CREDENTIALS.items()
-                                                                  if k != "AWS_DEFAULT_REGION"},
-                            region_name="us-east-1")
-
-    def keys(self, bucket: str) -> dict[str, int]:
-        out = self.client().list_objects_v2(Bucket=bucket).get("Contents", [])
-        return {o["Key"]: o["Size"] for o in out}
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            self.proc.wait(10)
-
-
-@pytest.fixture(scope="session")
-def s3():
-    """One moto S3 server for the session; the process's environment points s3fs at it (standard AWS variables)."""
-    server = MotoServer()
-    saved = {k: os.environ.get(k) for k in [*CREDENTIALS, "AWS_ENDPOINT_URL"]}
-    os.environ.update(CREDENTIALS, AWS_ENDPOINT_URL=server.endpoint)
-    try:
-        yield server
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-        server.stop()
-
+from reprotrain.checkpoint.storage.fsspec import ObjectRunDirectory, ObjectStoreError  # noqa: E402
 
 @pytest.fixture
 def bucket(s3, request):
@@ -220,10 +161,8 @@ def test_server_stopped_mid_upload_is_a_one_line_error_and_commits_nothing(s3):
             server.proc.wait(10)
             f.write(os.urandom(6 << 20))
 
-        started = time.monotonic()
-        with pytest.raises(ObjectStoreError) as err:
+        with pytest.raises(ObjectStoreError) as err:  # an error, not a hang (pytest-timeout bounds the wait)
             rd.commit("step0000000002-latest.pth", write_then_lose_network)
-        assert time.monotonic() - started < 60
         assert parts_sent == [1]  # it really was mid-way through a multipart upload
         message = str(err.value)
         assert "\n" not in message and message.startswith("s3://lost/run: object store error while uploading")
@@ -251,9 +190,9 @@ def test_staging_uploads_in_background_and_reports_what_is_not_uploaded(s3, tmp_
             time.sleep(0.1)
         assert "run/step0000000001-latest.pth.committed" in server.keys("staged")
         server.proc.send_signal(signal.SIGSTOP)  # network gone: training keeps committing locally
-        started = time.monotonic()
+        # Committed locally while the server is stopped: an upload on the commit path would fail here instead.
         local = rd.commit("step0000000002-latest.pth", lambda f: f.write(b"b" * 2000))
-        assert time.monotonic() - started < 1 and local.read_bytes() == b"b" * 2000
+        assert local.read_bytes() == b"b" * 2000
         rd.release()
         status = json.loads((local.parent / "upload-status.json").read_text())
         assert status["pending"] == {"step0000000002-latest.pth": 2000}

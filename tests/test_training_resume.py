@@ -53,7 +53,8 @@ def test_fingerprint_refused_by_policy_entry(one_epoch_run, tmp_path):
     assert "Traceback" not in result.stderr
     assert "refused" in result.stderr and "cublas_workspace_config" in result.stderr
     assert ":4096:8" in result.stderr and ":16:8" in result.stderr  # the difference table
-    assert "to allow it:" in result.stderr
+    assert "to allow it: --on-env-mismatch warn, or a policy file" in result.stderr  # train's flag, not verify's
+    assert "--on-mismatch" not in result.stderr
     assert max(m["step"] for m in _manifests(run_dir)) == max(m["step"] for m in _manifests(one_epoch_run))
 
 
@@ -86,19 +87,27 @@ def test_fingerprint_ignored(one_epoch_run, tmp_path):
     assert doc["metrics"]["val_accuracy"] > 0.9  # the example task learns
 
 
-def test_shape_or_data_config_change_refused_and_nothing_written(one_epoch_run, tmp_path):
+def test_shape_or_data_config_change_refused_and_nothing_written(one_epoch_run, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from reprotrain.cli import main
 
+    monkeypatch.syspath_prepend(str(EXAMPLES))
     run_dir = _copy(one_epoch_run, tmp_path)
     before = sorted(p.name for p in run_dir.iterdir())
-    for args, field in ((["--batch-size", "7"], "batch_size: 32 -> 7"), (["--seed", "3"], "seed: 0 -> 3"),
+    same_task = ["--task", "user_task:make_task"]  # the task is never taken from a checkpoint: given each time
+    for args, field in (([*same_task, "--batch-size", "7"], "batch_size: 32 -> 7"),
+                        ([*same_task, "--seed", "3"], "seed: 0 -> 3"),
                         (["--task", "digits"], "task: 'user_task:make_task' -> 'digits'")):
         result = CliRunner().invoke(main, ["train", "--run-dir", str(run_dir), *args])
         assert result.exit_code == 1, result.output
-        assert field in result.output and "--fresh" in result.output and result.exception is None or \
-            isinstance(result.exception, SystemExit)
+        # One line naming the checkpoint, the field with its old and new values, and the way out; no traceback
+        # (Click's runner reports the CLI's exit as a SystemExit, anything else would be a crash).
+        assert isinstance(result.exception, SystemExit), result.exception
+        [line] = result.output.splitlines()
+        newest = max(p.name for p in run_dir.glob("step*.pth"))  # the checkpoint resume picked
+        assert line.startswith(f"reprotrain: error: {run_dir / newest}: config change refused on resume ("), line
+        assert f"({field}): " in line and "--fresh" in line, line
     assert sorted(p.name for p in run_dir.iterdir()) == before
 
 
@@ -126,7 +135,8 @@ def test_resume_path_resumes_that_file(one_epoch_run, tmp_path):
     from reprotrain.checkpoint import list_checkpoints
 
     path = [e.path for e in list_checkpoints(run_dir) if e.valid][-1]
-    result = _train(tmp_path / "other", "--resume", str(path), "--quiet", "--json")
+    # Code locations never come from the checkpoint: the task is given again, as when the run started.
+    result = _train(tmp_path / "other", "--resume", str(path), "--task", "user_task:make_task", "--quiet", "--json")
     assert result.returncode == 0, result.stderr
     assert f"resuming from {path}" in result.stderr
     assert json.loads(result.stdout)["status"] == "already-complete"  # the recorded config (1 epoch) is the base

@@ -25,7 +25,7 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import BinaryIO, Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 try:  # zlib-ng's CRC-32 is the same function, 3-4x faster (SIMD); plain zlib is the fallback
     from zlib_ng.zlib_ng import crc32
@@ -36,8 +36,16 @@ ARCHIVE = "archive"
 MANIFEST_RECORD = f"{ARCHIVE}/reprotrain/manifest.json"
 DATA_PREFIX = f"{ARCHIVE}/data/"
 TRAILER_PREFIX = b"reprotrain-integrity/1 sha256:"
+UNSIGNED_COMMENT_LEN = len(TRAILER_PREFIX) + 64  # 94
+SIGNATURE_PREFIX = b"reprotrain-signature/1 ed25519 key="
+# "reprotrain-signature/1 ed25519 key=<16 hex> time=<YYYY-MM-DDTHH:MM:SSZ> sig=<128 hex>"
+SIGNATURE_LINE_LEN = len(SIGNATURE_PREFIX) + 16 + len(b" time=") + 20 + len(b" sig=") + 128  # 210
+SIGNED_COMMENT_LEN = UNSIGNED_COMMENT_LEN + 1 + SIGNATURE_LINE_LEN  # 305: trailer, "\n", signature line
 ALIGNMENT = 64  # torch aligns storages to 64 bytes so that mmap'd tensors are aligned
 CHUNK = 16 << 20
+# Reading into tensor memory overlaps the CRC-32 of one chunk with the read of the next: smaller chunks than
+# the writer's, so that a tensor of a few MiB already runs on two cores.
+READ_CHUNK = 4 << 20
 
 _LOCAL = struct.Struct("<IHHHHHIIIHH")  # local file header
 _CENTRAL = struct.Struct("<IHHHHHHIIIHHHHHII")  # central directory header
@@ -61,12 +69,47 @@ class NotAContainer(ContainerError):
 
 
 @dataclass(frozen=True)
+class SignatureLine:
+    """The parsed signature line of a signed container (docs/checkpoint-format.md, "Signature")."""
+
+    key_id: str  # 16 lowercase hex digits
+    time: str  # YYYY-MM-DDTHH:MM:SSZ
+    signature: bytes  # 64 bytes
+
+    def encode(self) -> bytes:
+        line = (SIGNATURE_PREFIX + self.key_id.encode("ascii") + b" time=" + self.time.encode("ascii")
+                + b" sig=" + self.signature.hex().encode("ascii"))
+        if len(line) != SIGNATURE_LINE_LEN:
+            raise ValueError("signature line has the wrong length")
+        return line
+
+
+_HEX = frozenset(b"0123456789abcdef")
+
+
+def parse_signature_line(line: bytes) -> SignatureLine:
+    """Parse the second comment line; ContainerError if it is not exactly the documented form."""
+    if len(line) != SIGNATURE_LINE_LEN or not line.startswith(SIGNATURE_PREFIX):
+        raise ContainerError("signature line is damaged")
+    rest = line[len(SIGNATURE_PREFIX):]
+    key_id, time_part, sig_part = rest[:16], rest[16:42], rest[42:]
+    if (not set(key_id) <= _HEX or not time_part.startswith(b" time=") or not sig_part.startswith(b" sig=")
+            or not set(sig_part[5:]) <= _HEX):
+        raise ContainerError("signature line is damaged")
+    when = time_part[6:].decode("ascii", "replace")
+    if len(when) != 20 or when[4] != "-" or when[10] != "T" or not when.endswith("Z"):
+        raise ContainerError("signature line is damaged")
+    return SignatureLine(key_id.decode("ascii"), when, bytes.fromhex(sig_part[5:].decode("ascii")))
+
+
+@dataclass(frozen=True)
 class Record:
     name: str
     header_offset: int
     data_offset: int
-    size: int
+    size: int  # bytes of the body on disk (the record's size: checkpoints store records uncompressed)
     crc32: int
+    method: int = 0  # zip compression method (0 stored); other zips read through here may compress
 
 
 # --------------------------------------------------------------------------- writing
@@ -85,7 +128,9 @@ class ContainerWriter:
         self._meta_hash = hashlib.sha256()
         self._entries: list[tuple[str, int, int, int, bool]] = []  # name, offset, size, crc, zip64
         self._force_zip64 = force_zip64
-        self._crc_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="reprotrain-crc")
+        # Started only for a record of more than one chunk: there is nothing to overlap below that, and a
+        # thread start per save is a fixed cost that dominates small checkpoints.
+        self._crc_pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     def _emit(self, data, *, hashed: bool) -> None:
         view = memoryview(data)
@@ -123,8 +168,11 @@ class ContainerWriter:
         is_data = name.startswith(DATA_PREFIX)
         self._emit(self._local_header(encoded, size, zip64), hashed=True)
         crc = 0
-        if is_data:
+        if is_data and size > CHUNK:
             # Overlap CRC-32 (zlib releases the GIL) of chunk i with the write of chunk i.
+            if self._crc_pool is None:
+                self._crc_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1,
+                                                                       thread_name_prefix="reprotrain-crc")
             pending = None
             for start in range(0, size, CHUNK):
                 chunk = view[start:start + CHUNK]
@@ -136,7 +184,7 @@ class ContainerWriter:
                 crc = pending.result()
         else:
             crc = crc32(view)
-            self._emit(view, hashed=True)
+            self._emit(view, hashed=not is_data)
         if zip64:
             descriptor = struct.pack("<IIQQ", _SIG_DESCRIPTOR, crc, size, size)
         else:
@@ -144,9 +192,14 @@ class ContainerWriter:
         self._emit(descriptor, hashed=True)
         self._entries.append((name, offset, size, crc, zip64))
 
-    def close(self) -> str:
-        """Write the central directory and the trailer; return the integrity digest ("sha256:<hex>")."""
-        self._crc_pool.shutdown(wait=True)
+    def close(self, sign: "Callable[[str], SignatureLine] | None" = None) -> str:
+        """Write the central directory and the trailer; return the integrity digest ("sha256:<hex>").
+
+        ``sign(digest)`` returns the signature line of a signed checkpoint: the comment length (hashed) is
+        then that of a signed comment, and the line follows the integrity trailer.
+        """
+        if self._crc_pool is not None:
+            self._crc_pool.shutdown(wait=True)
         cd_start = self._offset
         for name, offset, size, crc, zip64 in self._entries:
             encoded = name.encode("utf-8")
@@ -166,11 +219,14 @@ class ContainerWriter:
         else:
             eocd = _EOCD.pack(_SIG_EOCD, 0, 0, count, count, cd_size, cd_start, 0)
         # The comment length is part of the hashed EOCD, so fix it before hashing.
-        comment_len = len(TRAILER_PREFIX) + 64
+        comment_len = SIGNED_COMMENT_LEN if sign is not None else UNSIGNED_COMMENT_LEN
         eocd = eocd[:-2] + struct.pack("<H", comment_len)
         self._emit(eocd, hashed=True)
         digest = self._meta_hash.hexdigest()
-        self._emit(TRAILER_PREFIX + digest.encode("ascii"), hashed=False)
+        comment = TRAILER_PREFIX + digest.encode("ascii")
+        if sign is not None:
+            comment += b"\n" + sign("sha256:" + digest).encode()
+        self._emit(comment, hashed=False)
         return "sha256:" + digest
 
 
@@ -185,6 +241,12 @@ class Directory:
     trailer_digest: str | None  # "sha256:<hex>" from the zip comment; None if absent
     comment_start: int
     file_size: int
+    signature: SignatureLine | None = None  # the signature line of a signed checkpoint
+
+    @property
+    def eocd_offset(self) -> int:
+        """Where the (classic) end-of-central-directory record starts: it ends where the comment starts."""
+        return self.comment_start - _EOCD.size
 
 
 def _read_at(f: BinaryIO, offset: int, size: int) -> bytes:
@@ -220,9 +282,14 @@ def read_directory(f: BinaryIO) -> Directory:
     comment = tail[pos + _EOCD.size:]
     comment_start = eocd_at + _EOCD.size
     trailer = None
+    signature = None
     if comment.startswith(TRAILER_PREFIX):
-        hexpart = comment[len(TRAILER_PREFIX):]
-        if len(hexpart) != 64 or not all(c in b"0123456789abcdef" for c in hexpart):
+        hexpart = comment[len(TRAILER_PREFIX):UNSIGNED_COMMENT_LEN]
+        if len(hexpart) != 64 or not set(hexpart) <= _HEX:
+            raise ContainerError("integrity trailer is damaged")
+        if len(comment) == SIGNED_COMMENT_LEN and comment[UNSIGNED_COMMENT_LEN:UNSIGNED_COMMENT_LEN + 1] == b"\n":
+            signature = parse_signature_line(comment[UNSIGNED_COMMENT_LEN + 1:])
+        elif len(comment) != UNSIGNED_COMMENT_LEN:
             raise ContainerError("integrity trailer is damaged")
         trailer = "sha256:" + hexpart.decode("ascii")
     if count == 0xFFFF or cd_start == _U32 or cd_size == _U32:
@@ -251,15 +318,15 @@ def read_directory(f: BinaryIO) -> Directory:
         name_bytes = cd[pos + _CENTRAL.size: pos + _CENTRAL.size + nlen]
         extra = cd[pos + _CENTRAL.size + nlen: pos + _CENTRAL.size + nlen + xlen]
         pos += _CENTRAL.size + nlen + xlen + clen
-        if method != 0:
-            raise ContainerError(f"record {name_bytes!r} is compressed; checkpoints store records uncompressed")
-        if usize == _U32 or offset == _U32:
+        if usize == _U32 or offset == _U32 or csize == _U32:
             usize, csize, offset = _parse_zip64_extra(extra, usize, csize, offset)
         try:
             name = name_bytes.decode("utf-8")
         except UnicodeDecodeError:
             raise ContainerError("record name is not UTF-8") from None
-        records[name] = Record(name, offset, -1, usize, crc)
+        # A compressed record is not a checkpoint's (the reader refuses it when the file has a manifest); its
+        # extent on disk is its compressed size. Other tools' zips (torch.save output repacked deflated) pass.
+        records[name] = Record(name, offset, -1, usize if method == 0 else csize, crc, method)
     # Resolve each body's offset from its local header.
     for name, rec in list(records.items()):
         header = _read_at(f, rec.header_offset, _LOCAL.size)
@@ -270,8 +337,8 @@ def read_directory(f: BinaryIO) -> Directory:
         data_offset = rec.header_offset + _LOCAL.size + nlen + xlen
         if data_offset + rec.size > cd_start:
             raise ContainerError(f"record {name} extends past the central directory (truncated or damaged)")
-        records[name] = Record(name, rec.header_offset, data_offset, rec.size, rec.crc32)
-    return Directory(records, trailer, comment_start, file_size)
+        records[name] = Record(name, rec.header_offset, data_offset, rec.size, rec.crc32, rec.method)
+    return Directory(records, trailer, comment_start, file_size, signature)
 
 
 def _parse_zip64_extra(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int, int, int]:
@@ -299,8 +366,9 @@ def read_record(f: BinaryIO, record: Record, *, check_crc: bool = True) -> bytes
     return data
 
 
-def _regions(directory: Directory) -> Iterator[tuple[int, int, Record | None]]:
-    """Yield (start, end, record-or-None) covering [0, comment_start) in order: data bodies carry their record."""
+def _regions(directory: Directory, end: int | None = None) -> Iterator[tuple[int, int, Record | None]]:
+    """Yield (start, end, record-or-None) covering [0, end or comment_start) in order: data bodies carry their record."""
+    stop = directory.comment_start if end is None else end
     bodies = sorted((r for r in directory.records.values() if r.name.startswith(DATA_PREFIX)),
                     key=lambda r: r.data_offset)
     pos = 0
@@ -311,8 +379,8 @@ def _regions(directory: Directory) -> Iterator[tuple[int, int, Record | None]]:
             yield pos, rec.data_offset, None
         yield rec.data_offset, rec.data_offset + rec.size, rec
         pos = rec.data_offset + rec.size
-    if pos < directory.comment_start:
-        yield pos, directory.comment_start, None
+    if pos < stop:
+        yield pos, stop, None
 
 
 @dataclass
@@ -324,32 +392,90 @@ class IntegrityReport:
 
 def check_integrity(f: BinaryIO, directory: Directory) -> IntegrityReport:
     """Re-read every byte: CRC-32 of each data body, SHA-256 of the rest, compared with the trailer."""
+    return check_and_redigest(f, directory)[0]
+
+
+def check_and_redigest(f: BinaryIO, directory: Directory, comment_len: int | None = None, *,
+                       into: Callable[[Record], memoryview] | None = None) -> tuple[IntegrityReport, str | None]:
+    """check_integrity, and (with ``comment_len``) in the same pass the digest the same bytes would have with
+    that comment length in the end record: what signing after the fact needs (the rest of the file is unchanged).
+
+    With ``into``, each data body is read straight into the writable buffer ``into(record)`` returns (a tensor's
+    memory) and its CRC-32 is computed there: a verified load that reads the file once, not twice.
+    """
     if directory.trailer_digest is None:
-        return IntegrityReport(False, ["no integrity trailer"], 0)
+        return IntegrityReport(False, ["no integrity trailer"], 0), None
     problems: list[str] = []
     meta = hashlib.sha256()
     checked = 0
-    buf = bytearray(min(CHUNK, max(directory.comment_start, 1)))
-    for start, end, rec in _regions(directory):
-        f.seek(start)
-        crc = 0
-        remaining = end - start
-        while remaining:
-            n = f.readinto(memoryview(buf)[:min(len(buf), remaining)])
-            if not n:
-                raise ContainerError(f"truncated: file ends at byte {start + (end - start - remaining)}")
-            chunk = memoryview(buf)[:n]
-            if rec is None:
-                meta.update(chunk)
+    eocd_at = directory.eocd_offset
+    regions = list(_regions(directory, eocd_at))
+    # The bounce buffer serves only what is not read into tensor memory: with ``into``, the small metadata.
+    through_buffer = [end - start for start, end, rec in regions if rec is None or into is None]
+    buf = bytearray(min(CHUNK, max(through_buffer, default=1)))
+    pool = None
+    try:
+        for start, end, rec in regions:
+            f.seek(start)
+            if rec is not None and into is not None:
+                if rec.size > READ_CHUNK and pool is None:
+                    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="reprotrain-crc")
+                crc = _read_body_into(f, into(rec), start, pool)
+                checked += rec.size
             else:
-                crc = crc32(chunk, crc)
-            remaining -= n
-            checked += n
-        if rec is not None and crc != rec.crc32:
-            problems.append(f"tensor record {rec.name} is damaged (CRC-32 {crc:08x}, expected {rec.crc32:08x})")
+                crc = 0
+                remaining = end - start
+                while remaining:
+                    n = f.readinto(memoryview(buf)[:min(len(buf), remaining)])
+                    if not n:
+                        raise ContainerError(f"truncated: file ends at byte {start + (end - start - remaining)}")
+                    chunk = memoryview(buf)[:n]
+                    if rec is None:
+                        meta.update(chunk)
+                    else:
+                        crc = crc32(chunk, crc)
+                    remaining -= n
+                    checked += n
+            if rec is not None and crc != rec.crc32:
+                problems.append(f"tensor record {rec.name} is damaged (CRC-32 {crc:08x}, expected {rec.crc32:08x})")
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
+    eocd = _read_at(f, eocd_at, _EOCD.size)
+    checked += len(eocd)
+    other = None
+    if comment_len is not None:
+        redigest = meta.copy()
+        redigest.update(eocd[:-2] + struct.pack("<H", comment_len))
+        other = "sha256:" + redigest.hexdigest()
+    meta.update(eocd)
     if "sha256:" + meta.hexdigest() != directory.trailer_digest:
         problems.append("metadata (pickle, manifest, zip headers or directory) does not match the integrity digest")
-    return IntegrityReport(not problems, problems, checked)
+    return IntegrityReport(not problems, problems, checked), other
+
+
+def _read_body_into(f: BinaryIO, target: memoryview, start: int, pool) -> int:
+    """Fill ``target`` from the file in chunks; the CRC-32 of chunk i runs on ``pool`` while chunk i+1 is read."""
+    target = target.cast("B")
+    crc, pending, pos = 0, None, 0
+    while pos < len(target):
+        chunk = target[pos:pos + READ_CHUNK]
+        filled = 0
+        while filled < len(chunk):
+            n = f.readinto(chunk[filled:])
+            if not n:
+                raise ContainerError(f"truncated: file ends at byte {start + pos + filled}")
+            filled += n
+        if pool is None:
+            crc = crc32(chunk, crc)
+        else:
+            if pending is not None:
+                crc = pending.result()
+            pending = pool.submit(crc32, chunk, crc)
+        pos += len(chunk)
+    if pending is not None:
+        crc = pending.result()
+    return crc
 
 
 def iter_data_records(directory: Directory) -> Iterable[Record]:

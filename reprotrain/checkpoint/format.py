@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import numbers
 import pickle
 import sys
 from typing import Any, BinaryIO
@@ -19,6 +21,29 @@ from reprotrain.checkpoint.container import ARCHIVE, MANIFEST_RECORD, ContainerW
 FORMAT_NAME = "reprotrain.checkpoint"
 FORMAT_VERSION = 1
 PICKLE_PROTOCOL = 2  # what torch.save uses; the weights-only unpickler reads it
+
+
+# How a non-finite float is stored where JSON must hold it (config, position, integrations): strict JSON has no
+# NaN or infinity, and a checkpoint must never fail to be written because of one (docs/checkpoint-format.md).
+NON_FINITE_STRINGS = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def json_safe(value: Any) -> Any:
+    """A copy of VALUE that strict JSON can hold: non-finite floats become "NaN", "Infinity" or "-Infinity";
+    tuples become lists; numpy and other numeric scalars become int or float; non-string keys and any other
+    value become their ``str()``."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        value = float(value)
+        return value if math.isfinite(value) else NON_FINITE_STRINGS[repr(value)]
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return str(value)
 
 
 def _storage_bytes(storage) -> memoryview:
@@ -65,8 +90,11 @@ def serialize(obj: Any) -> tuple[bytes, list[tuple[str, Any]]]:
     return buf.getvalue(), list(storages.values())
 
 
-def write(fileobj: BinaryIO, manifest: dict, state: dict, *, force_zip64: bool = False) -> str:
-    """Write a checkpoint to an open binary file; return the integrity digest. The caller makes it durable."""
+def write(fileobj: BinaryIO, manifest: dict, state: dict, *, force_zip64: bool = False, signer=None) -> str:
+    """Write a checkpoint to an open binary file; return the integrity digest. The caller makes it durable.
+
+    ``signer`` (a `reprotrain.checkpoint.signing.SigningKey`) signs the integrity digest into the trailer.
+    """
     manifest_json = json.dumps(manifest, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
     # The pickled copy is rebuilt from the JSON so that it holds only plain types (no str subclasses).
     pickled, storages = serialize({"reprotrain": json.loads(manifest_json), "state": state})
@@ -79,4 +107,4 @@ def write(fileobj: BinaryIO, manifest: dict, state: dict, *, force_zip64: bool =
     for key, storage in storages:
         writer.write_record(f"{ARCHIVE}/data/{key}", _storage_bytes(storage))
     writer.write_record(f"{ARCHIVE}/version", b"3\n")
-    return writer.close()
+    return writer.close(signer.sign_digest if signer is not None else None)

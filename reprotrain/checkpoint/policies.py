@@ -4,13 +4,17 @@ Save policy specs (combine several with ``+``, e.g. ``epochs:1+seconds:1800``):
 
 | spec | saves |
 |---|---|
-| ``epochs:N`` | at the end of every Nth epoch |
-| ``steps:N`` | after every Nth optimizer step |
+| ``epochs:N`` | when the count of completed epochs reaches a multiple of N |
+| ``steps:N`` | when the count of optimizer steps reaches (or passes) a multiple of N |
 | ``seconds:T`` | after the first step at least T seconds of wall time after the previous save |
 | ``exp-steps`` / ``exp-epochs`` | after steps (epochs) 1, 2, 4, 8, ... |
 | ``at-steps:1,5,10`` / ``at-epochs:1,5,10`` | after exactly those steps (epochs) |
 | ``adaptive:M`` | every sqrt(2*C*M) seconds (Young/Daly), C = measured save cost, M = mean time between failures in seconds (suffixes s, m, h, d) |
 | ``never`` | never (interrupted/emergency saves still happen) |
+
+Step and epoch clauses look at the counts each ``step_done`` reports, whatever the call pattern (a call per
+step, a call per epoch, both, one step per epoch): a clause is due at the first call whose count reached or
+passed one of its points since the previous call, so no point is skipped and none is saved twice.
 """
 
 from __future__ import annotations
@@ -97,9 +101,29 @@ class SavePolicy:
     def describe(self) -> str:
         return " + ".join(t.describe() for t in self.triggers) or "never"
 
+    def exhausted(self, *, step: int, epoch: int) -> bool:
+        """True when no clause can ever be due again after (step, epoch): every clause is an explicit list whose
+        points are all behind (a policy that never saves by choice, ``never``, is not exhausted)."""
+        if not self.triggers:
+            return False
+        for t in self.triggers:
+            if t.at is None:
+                return False
+            if max(t.at) > (step if t.unit == "steps" else epoch):
+                return False
+        return True
 
-def _is_power_of_two(n: int) -> bool:
-    return n > 0 and n & (n - 1) == 0
+
+def _reached(t: Trigger, last: int, now: int) -> bool:
+    """Did the count move past one of the trigger's points: is one in (last, now]?"""
+    if now <= last:
+        return False
+    if t.exponential:
+        return now.bit_length() > max(last, 0).bit_length()  # a power of two in (last, now]
+    if t.at is not None:
+        return any(last < v <= now for v in t.at)
+    n = int(t.every)
+    return now // n > max(last, 0) // n
 
 
 @dataclass
@@ -111,6 +135,11 @@ class SaveClock:
     save_cost: float | None = None  # seconds, smoothed
     messages: list[str] = field(default_factory=list)
     _announced_interval: float | None = None
+    seen_step: int = 0   # the counts of the previous call (or of the resumed checkpoint)
+    seen_epoch: int = 0
+
+    def resume_at(self, *, step: int, epoch: int) -> None:
+        self.seen_step, self.seen_epoch = step, epoch
 
     def adaptive_interval(self, trigger: Trigger) -> float | None:
         if self.save_cost is None:
@@ -118,27 +147,28 @@ class SaveClock:
         return math.sqrt(2.0 * self.save_cost * trigger.mtbf)
 
     def due(self, *, step: int, epoch: int, epoch_end: bool, now: float) -> bool:
-        """Is a save due after this event? ``epoch`` counts completed epochs; ``step`` counts optimizer steps."""
+        """Is a save due after this event? ``epoch`` counts completed epochs; ``step`` counts optimizer steps.
+
+        ``epoch_end`` does not change the step and epoch clauses: they fire when the counts reach a point
+        (a call per step, a call per epoch, both, or one step per epoch alike)."""
+        last_step, last_epoch = self.seen_step, self.seen_epoch
+        self.seen_step, self.seen_epoch = step, epoch
+        due = False
         for t in self.policy.triggers:
             if t.unit == "epochs":
-                if not epoch_end or epoch < 1:
-                    continue
-                if (t.exponential and _is_power_of_two(epoch)) or (t.at is not None and epoch in t.at) \
-                        or (t.every is not None and epoch % int(t.every) == 0):
-                    return True
+                if _reached(t, last_epoch, epoch):
+                    due = True
             elif t.unit == "steps":
-                if epoch_end or step < 1:
-                    continue
-                if (t.exponential and _is_power_of_two(step)) or (t.at is not None and step in t.at) \
-                        or (t.every is not None and step % int(t.every) == 0):
-                    return True
+                if _reached(t, last_step, step):
+                    due = True
             elif t.unit == "seconds":
                 if now - self.last_save_time >= t.every:
-                    return True
+                    due = True
             elif t.unit == "adaptive":
                 interval = self.adaptive_interval(t)
                 if interval is None:
-                    return step >= 1  # measure the cost with a first save as early as possible
+                    due = due or step >= 1  # measure the cost with a first save as early as possible
+                    continue
                 # Announce the choice, and again only when it moves by more than a quarter (not on every save).
                 last = self._announced_interval
                 if last is None or abs(interval - last) > 0.25 * last:
@@ -147,8 +177,8 @@ class SaveClock:
                         f"adaptive save interval: {interval:.1f} s (save cost {self.save_cost:.3f} s, "
                         f"MTBF {t.mtbf:g} s, Young/Daly sqrt(2*C*M))")
                 if now - self.last_save_time >= interval:
-                    return True
-        return False
+                    due = True
+        return due
 
     def saved(self, *, now: float, cost: float) -> None:
         self.last_save_time = now

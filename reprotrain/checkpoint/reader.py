@@ -1,5 +1,11 @@
 """Reading checkpoints without unpickling: the manifest through the zip directory, integrity by re-hashing.
 
+Every read of a checkpoint (``read_info`` with or without the integrity check, so `verify --no-digest`,
+`ls` and resume selection too) also scans every pickle in the file statically (``pickle_scan``) and
+refuses one that imports anything outside the weights-only allow-list (``UnsafeCheckpoint``, exit 2): the
+integrity trailer proves only that nobody changed the file without recomputing it, and anyone can
+recompute it. It also checks that the manifest's digests match the fingerprints they name.
+
 Nothing here imports torch. Loading the training state (which needs torch) is in `reprotrain.checkpoint.state`.
 """
 
@@ -8,19 +14,33 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from importlib import resources
-from pathlib import Path
 from typing import Iterator
 
-from reprotrain.checkpoint import container
-from reprotrain.checkpoint.container import MANIFEST_RECORD, ContainerError, NotAContainer
-from reprotrain.errors import ReprotrainError
+from reprotrain import safeio, schema
+from reprotrain.checkpoint import container, pickle_scan
+from reprotrain.checkpoint.container import DATA_PREFIX, MANIFEST_RECORD, ContainerError, NotAContainer
+from reprotrain.checkpoint.location import Location, as_location, is_url  # noqa: F401  (re-exported)
+from reprotrain.errors import ReprotrainError, os_error_message
+
+PICKLE_RECORD = "archive/data.pkl"
 
 
 class CorruptCheckpoint(ReprotrainError):
     """Unreadable, truncated, damaged or invalid (exit code 2)."""
+
+    exit_code = 2
+
+
+class UnsafeCheckpoint(CorruptCheckpoint):
+    """A checkpoint whose pickle imports something the weights-only unpickler does not allow (exit code 2).
+
+    Never loaded, never resumed from, never verified OK, whatever its integrity trailer says.
+    """
 
     exit_code = 2
 
@@ -35,27 +55,43 @@ class NotACheckpoint(ReprotrainError):
 
 
 @functools.lru_cache(maxsize=1)
-def manifest_validator():
-    import jsonschema
-
-    schema = json.loads(resources.files("reprotrain.checkpoint").joinpath("schemas/manifest.schema.json").read_text())
-    return jsonschema.Draft202012Validator(schema)
+def manifest_schema_text() -> str:
+    return resources.files("reprotrain.checkpoint").joinpath("schemas/manifest.schema.json").read_text()
 
 
 def validate_manifest(manifest: dict, *, path: str | os.PathLike | None = None) -> dict:
-    errors = sorted(manifest_validator().iter_errors(manifest), key=lambda e: list(e.absolute_path))
-    if errors:
-        err = errors[0]
+    if not schema.is_valid(manifest_schema_text(), manifest):
+        err = schema.first_error(json.loads(manifest_schema_text()), manifest)
+        if err is None:
+            raise CorruptCheckpoint("manifest is invalid (nested too deeply to say where)", path=path)
         where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
         raise CorruptCheckpoint(f"manifest is invalid at {where}: {err.message}", path=path)
+    where = _non_finite_at(manifest)
+    if where is not None:
+        raise CorruptCheckpoint(f"manifest is invalid at {where}: NaN or infinity (strict JSON has neither; "
+                                "reprotrain stores them as the strings \"NaN\", \"Infinity\", \"-Infinity\")", path=path)
     return manifest
+
+
+def _non_finite_at(doc) -> str | None:
+    """Where a NaN or infinity sits in a parsed JSON document (Python's json reads `NaN`, `1e999`), or None."""
+    stack = [(doc, "")]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return where or "(top level)"
+        if isinstance(value, dict):
+            stack.extend((v, f"{where}/{k}" if where else str(k)) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, f"{where}/{i}" if where else str(i)) for i, v in enumerate(value))
+    return None
 
 
 @dataclass
 class CheckpointInfo:
     """What the zip directory and the manifest say, without reading tensor data."""
 
-    path: Path
+    path: Location
     manifest: dict
     directory: container.Directory
     size: int
@@ -68,74 +104,70 @@ class CheckpointInfo:
     def step(self) -> int:
         return self.manifest["step"]
 
-
-class ObjectURL(str):
-    """A checkpoint or run directory in an object store (``s3://bucket/key``): a str with ``name`` and ``/`` as a Path has.
-
-    ``pathlib.Path`` would collapse ``s3://`` into ``s3:/``, so URLs keep their own type.
-    """
-
     @property
-    def name(self) -> str:
-        return self.rstrip("/").rsplit("/", 1)[-1]
-
-    def __truediv__(self, other: str) -> "ObjectURL":
-        return ObjectURL(f"{self.rstrip('/')}/{other}")
-
-
-def is_url(location) -> bool:
-    """True for fsspec URLs other than local files (s3://, gs://, oss://, memory://, ...)."""
-    return isinstance(location, str) and "://" in location and not location.startswith("file://")
+    def signature(self) -> dict | None:
+        """``{"key_id", "time"}`` as the signature line states them (not verified), or None when unsigned."""
+        if self.directory is None:  # a sealed framework directory: never signed (yet)
+            return None
+        line = self.directory.signature
+        return None if line is None else {"key_id": line.key_id, "time": line.time}
 
 
-def as_location(location: str | os.PathLike) -> "Path | ObjectURL":
-    """A Path for local files, an ObjectURL for object-store URLs."""
-    if isinstance(location, ObjectURL):
-        return location
-    if is_url(location):
-        return ObjectURL(location)
-    return Path(location)
-
-
-def _open_url(url: str):
-    import fsspec
-
+def _open(path: "str | os.PathLike | Location"):
+    location = Location.of(path)
+    shown = str(location)
     try:
-        fs, key = fsspec.core.url_to_fs(url)
-        return fs.open(key, "rb", block_size=8 << 20)
-    except FileNotFoundError:
-        raise CorruptCheckpoint("no such object", path=url) from None
-    except PermissionError:
-        raise CorruptCheckpoint("access denied", path=url) from None
-    except (ImportError, ValueError) as exc:  # protocol package missing (s3fs, ossfs, gcsfs) or bad URL
-        raise CorruptCheckpoint(f"cannot open: {exc}", path=url) from None
-    except OSError as exc:
-        raise CorruptCheckpoint(f"cannot open: {exc.strerror or exc}", path=url) from None
-
-
-def _open(path: str | os.PathLike):
-    if is_url(path):
-        return _open_url(path)
-    try:
-        return open(path, "rb")
+        if location.is_local:  # regular files only (a FIFO named .pth must not hang a reader, nor a device be read)
+            return safeio.open_regular(location.path, limit=safeio.LIMITS["checkpoint"], what="checkpoint")
+        return location.open("rb")
+    except safeio.Missing:
+        raise CorruptCheckpoint("no such file", path=shown) from None
+    except ReprotrainError as exc:
+        message = exc.message.removeprefix("cannot read checkpoint: ").removeprefix("checkpoint ")
+        raise CorruptCheckpoint(message, path=shown) from None
     except IsADirectoryError:
-        raise CorruptCheckpoint("is a directory, not a checkpoint file", path=path) from None
+        raise CorruptCheckpoint("is a directory, not a checkpoint file", path=shown) from None
     except FileNotFoundError:
-        raise CorruptCheckpoint("no such file", path=path) from None
+        raise CorruptCheckpoint("no such file" if location.is_local else "no such object", path=shown) from None
     except PermissionError:
-        raise CorruptCheckpoint("permission denied", path=path) from None
+        raise CorruptCheckpoint("permission denied" if location.is_local else "access denied", path=shown) from None
+    except ValueError as exc:  # protocol package missing (s3fs, gcsfs, adlfs) or a bad URL
+        raise CorruptCheckpoint(f"cannot open: {exc}", path=shown) from None
     except OSError as exc:
-        raise CorruptCheckpoint(f"cannot open: {exc.strerror or exc}", path=path) from None
+        raise CorruptCheckpoint(f"cannot open: {os_error_message(exc)}", path=shown) from None
 
 
-def read_info(path: str | os.PathLike, *, check_integrity: bool = False) -> CheckpointInfo:
+def _framework_directory(path) -> bool:
+    """A directory read as a sealed checkpoint directory: it has the sidecar, a framework's checkpoint name
+    (`checkpoint-N`, `checkpoint_N`) or a sharded checkpoint's (`*.dcp`). Any other directory is not a checkpoint
+    file (CorruptCheckpoint, as before)."""
+    location = Location.of(path)
+    if not location.is_local or not location.path.is_dir():
+        return False
+    from reprotrain.checkpoint import sealed
+
+    name = location.name
+    return (sealed.is_sealed(location.path) or re.fullmatch(r"checkpoint[-_]\d+", name) is not None
+            or name.endswith(sealed.SHARDED_SUFFIX))
+
+
+def read_info(path: str | os.PathLike, *, check_integrity: bool = False, own_write: bool = False) -> CheckpointInfo:
     """Read and validate the manifest; with ``check_integrity`` first re-hash every byte of the file.
+
+    ``own_write``: the file is one this process has just written with reprotrain's own pickler and renamed into
+    place under the writer lock (RunDirectory.commit): its pickles are not scanned again. Every other read scans.
+
+    A directory is read as a sealed checkpoint directory (reprotrain.checkpoint.sealed).
 
     Raises CorruptCheckpoint or NotACheckpoint. The integrity check comes before parsing so that a
     damaged file is reported as damaged, not as whatever its damaged manifest happens to say.
     """
+    if _framework_directory(path):  # a framework's checkpoint directory, sealed by a sidecar (or not: NotACheckpoint)
+        from reprotrain.checkpoint import sealed
+
+        return sealed.read_info(path, check_integrity=check_integrity)
     with _open(path) as f:
-        return _read_info(f, path, check_integrity=check_integrity)
+        return _read_info(f, path, check_integrity=check_integrity, scan=not own_write)
 
 
 @dataclass
@@ -149,11 +181,14 @@ class OpenCheckpoint:
 
 @contextlib.contextmanager
 def open_checkpoint(path: str | os.PathLike, *, check_integrity: bool = False) -> Iterator[OpenCheckpoint]:
+    if _framework_directory(path):  # a sealed directory: no single file to hold open (file None)
+        yield OpenCheckpoint(read_info(path, check_integrity=check_integrity), None)
+        return
     with _open(path) as f:
         yield OpenCheckpoint(_read_info(f, path, check_integrity=check_integrity), f)
 
 
-def _read_info(f, path, *, check_integrity: bool) -> CheckpointInfo:
+def _read_info(f, path, *, check_integrity: bool, scan: bool = True) -> CheckpointInfo:
     try:
         directory = container.read_directory(f)
     except NotAContainer as exc:
@@ -163,42 +198,130 @@ def _read_info(f, path, *, check_integrity: bool) -> CheckpointInfo:
     record = directory.records.get(MANIFEST_RECORD)
     if record is None:
         raise NotACheckpoint("not a reprotrain checkpoint (zip archive without a reprotrain manifest)", path=path)
+    compressed = [r.name for r in directory.records.values() if r.method != 0]
+    if compressed:
+        raise CorruptCheckpoint(f"record {compressed[0]} is compressed; checkpoints store records uncompressed",
+                                path=path)
     if directory.trailer_digest is None:
         raise CorruptCheckpoint("reprotrain manifest present but the integrity trailer is missing "
                                 "(truncated or rewritten by another tool)", path=path)
     try:
-        if check_integrity:
+        # Every pickle first: an unsafe file is called unsafe, whatever else is wrong with it.
+        problem = scan_pickles(f, directory) if scan else None
+        # A pickle that does not parse is damage or forgery: the integrity check says which (read anyway).
+        if check_integrity or (problem is not None and not isinstance(problem, UnsafeCheckpoint)):
             report = container.check_integrity(f, directory)
             if not report.ok:
+                if isinstance(problem, UnsafeCheckpoint):
+                    problem.message += "; it also fails its integrity check"
+                    raise problem.at(path)
                 raise CorruptCheckpoint("; ".join(report.problems), path=path)
+        if problem is not None:
+            raise problem.at(path)
+        if record.size > safeio.LIMITS["manifest"]:
+            raise CorruptCheckpoint(f"manifest record is {record.size} bytes, larger than the "
+                                    f"{safeio.LIMITS['manifest']} byte limit", path=path)
         raw = container.read_record(f, record)
     except (ContainerError, OSError) as exc:
         raise CorruptCheckpoint(f"damaged checkpoint: {exc}", path=path) from None
     try:
         manifest = json.loads(raw)
-    except ValueError as exc:
-        raise CorruptCheckpoint(f"manifest is not valid JSON: {exc}", path=path) from None
+    except (ValueError, RecursionError) as exc:
+        raise CorruptCheckpoint(f"manifest is not valid JSON: {str(exc)[:200]}", path=path) from None
     if not isinstance(manifest, dict):
         raise CorruptCheckpoint("manifest is not a JSON object", path=path)
     validate_manifest(manifest, path=path)
+    check_digests(manifest, path=path)
     return CheckpointInfo(as_location(path), manifest, directory, directory.file_size)
 
 
-@dataclass
-class IntegrityResult:
-    ok: bool
-    problems: list[str] = field(default_factory=list)
-    bytes_checked: int = 0
+class _Problem(CorruptCheckpoint):
+    def at(self, path) -> CorruptCheckpoint:
+        return (UnsafeCheckpoint if isinstance(self, _Unsafe) else CorruptCheckpoint)(self.message, path=path)
 
 
-def check_integrity(info: CheckpointInfo, file=None) -> IntegrityResult:
-    """Re-read every byte of the file (``file``: the already open one) and compare with the recorded digests."""
+class _Unsafe(_Problem, UnsafeCheckpoint):
+    pass
+
+
+def scan_pickles(f, directory: container.Directory) -> "_Problem | None":
+    """Scan ``archive/data.pkl`` and every other record that is a pickle, statically, streaming.
+
+    Returns the problem (not raised, so that the caller can rank it against integrity): an unsafe import
+    anywhere, or a ``data.pkl`` that is not a well-formed pickle. Tensor records (``archive/data/*``, raw
+    bytes torch never unpickles) and the JSON manifest are not pickles and are skipped.
+    """
+    broken = None
+    for rec in sorted(directory.records.values(), key=lambda r: r.data_offset):
+        if rec.name.startswith(DATA_PREFIX) or rec.name == MANIFEST_RECORD:
+            continue
+        main = rec.name == PICKLE_RECORD
+        if rec.size == 0:
+            continue
+        f.seek(rec.data_offset)
+        proto = f.read(2)[:1] == b"\x80"
+        f.seek(rec.data_offset)
+        # Every record, whatever its name: a pickle of protocol 0 or 1 carries no marker.
+        scan = pickle_scan.scan_pickle(pickle_scan.Window(f, rec.size),
+                                       limit=min(rec.size, safeio.LIMITS["pickle"]))
+        unsafe = pickle_scan.findings(scan, strict=main or proto or rec.name.endswith(".pkl"))
+        if unsafe:
+            shown = ", ".join(unsafe[:3]) + (f" and {len(unsafe) - 3} more" if len(unsafe) > 3 else "")
+            return _Unsafe(f"unsafe pickle in {rec.name}: imports {shown} (not allowed by the weights-only "
+                           "unpickler; nothing was loaded or executed)")
+        if main and scan.error and broken is None:
+            broken = _Problem(f"{rec.name} is not a well-formed pickle ({scan.error})")
+    if PICKLE_RECORD not in directory.records:
+        broken = broken or _Problem(f"no {PICKLE_RECORD} record")
+    return broken
+
+
+def check_digests(manifest: dict, *, path=None) -> None:
+    """``fingerprint_digest``, the keys of ``environments`` and each lineage segment's digest must be the digests
+    of the fingerprints they name (a mismatch is a forged or damaged manifest: CorruptCheckpoint, exit 2)."""
+    from reprotrain.fingerprint.document import digest
+
+    def invalid(where: str, problem: str) -> CorruptCheckpoint:
+        return CorruptCheckpoint(f"manifest is invalid at {where}: {problem}", path=path)
+
+    actual = digest(manifest["fingerprint"])
+    if manifest["fingerprint_digest"] != actual:
+        raise invalid("fingerprint_digest", f"{manifest['fingerprint_digest']} is not the digest of the recorded "
+                                            f"fingerprint ({actual})")
+    environments = manifest["environments"]
+    for key, fingerprint in environments.items():
+        if not isinstance(fingerprint, dict) or digest(fingerprint) != key:
+            raise invalid(f"environments/{key}", "the fingerprint there does not have that digest")
+    if actual not in environments:
+        raise invalid("environments", "it does not hold the recorded fingerprint")
+    for segment in manifest["lineage"]:
+        if segment["fingerprint_digest"] not in environments:
+            raise invalid(f"lineage/{segment['segment']}/fingerprint_digest",
+                          f"{segment['fingerprint_digest']} is not a key of environments")
+        for rank, key in enumerate(segment.get("rank_fingerprints") or ()):
+            if key not in environments:
+                raise invalid(f"lineage/{segment['segment']}/rank_fingerprints/{rank}", f"{key} is not a key of environments")
+
+
+def check_integrity(info: CheckpointInfo, file=None) -> container.IntegrityReport:
+    """Re-read every byte of the file (``file``: the already open one) and compare with the recorded digests.
+
+    A sealed directory (``info.directory`` None): every file re-hashed against its sidecar record.
+    """
+    if info.directory is None:
+        from reprotrain.checkpoint import sealed
+
+        try:
+            doc = sealed.read_sidecar(info.path)
+        except ReprotrainError as exc:
+            return container.IntegrityReport(False, [exc.message], 0)
+        problems, checked = sealed.check_files(info.path, doc["files"])
+        return container.IntegrityReport(not problems, problems, checked)
     with contextlib.nullcontext(file) if file is not None else _open(info.path) as f:
         try:
-            report = container.check_integrity(f, info.directory)
+            return container.check_integrity(f, info.directory)
         except (ContainerError, OSError) as exc:
-            return IntegrityResult(False, [str(exc)], 0)
-    return IntegrityResult(report.ok, report.problems, report.bytes_checked)
+            return container.IntegrityReport(False, [str(exc)], 0)
 
 
 def read_valid(path: str | os.PathLike) -> CheckpointInfo:

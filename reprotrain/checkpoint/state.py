@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from reprotrain.checkpoint import reader
-from reprotrain.errors import ReprotrainError
+from reprotrain.checkpoint import container, reader
+from reprotrain.errors import ReprotrainError, torch_message
 
 # Exact types: subclasses (numpy.str_, TorchVersion, defaultdict) would pickle as their own class.
 _PLAIN = frozenset({str, int, float, bool, type(None), bytes, complex, torch.dtype, torch.device, torch.Size})
@@ -108,29 +108,99 @@ class Snapshot:
             torch.cuda.synchronize()
 
 
-def load(source: "str | os.PathLike | reader.OpenCheckpoint", *, map_location: Any = "cpu", mmap: bool = False) -> dict:
+def load(source: "str | os.PathLike | reader.OpenCheckpoint", *, map_location: Any = "cpu", mmap: bool = False,
+         verify: bool = False) -> dict:
     """Load a checkpoint's object with the weights-only unpickler: {"reprotrain": manifest, "state": ...}.
 
     ``source`` is a path or an already open checkpoint (reader.open_checkpoint): then the very bytes whose
-    manifest and integrity were checked are loaded, whatever happened to the path since.
+    manifest and integrity were checked are loaded, whatever happened to the path since. With ``verify`` (an
+    open checkpoint only) every byte is checked against the integrity trailer while it is loaded, in one pass
+    over the file: each tensor record is read straight into its tensor's memory and its CRC-32 computed there.
     """
     path = source.info.path if isinstance(source, reader.OpenCheckpoint) else source
     try:
         if isinstance(source, reader.OpenCheckpoint):
-            obj = _load_open(source.file, map_location=map_location, mmap=mmap)
+            if verify and not mmap and _loads_on_cpu(map_location):
+                obj = _load_verified(source)
+            else:
+                if verify:
+                    _check_integrity(source)
+                obj = _load_open(source.file, map_location=map_location, mmap=mmap)
         elif reader.is_url(path):  # object stores: read through fsspec (no mmap over the network)
             with reader._open(path) as f:
                 obj = torch.load(f, map_location=map_location, weights_only=True)
-        else:
-            obj = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        else:  # through an open regular file (a FIFO or device named .pth is refused, never handed to torch)
+            with reader._open(path) as f:
+                obj = _load_open(f, map_location=map_location, mmap=mmap)
     except reader.CorruptCheckpoint:
         raise
     except Exception as exc:  # torch raises many types for damaged files; all mean the same to the user
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise reader.CorruptCheckpoint(f"cannot load: {first}", path=path) from None
+        raise reader.CorruptCheckpoint(f"cannot load: {torch_message(exc)}", path=path) from None
     if not isinstance(obj, dict) or "state" not in obj or "reprotrain" not in obj:
         raise reader.NotACheckpoint("not a reprotrain checkpoint (no 'reprotrain' and 'state' keys)", path=path)
     return obj
+
+
+def _loads_on_cpu(map_location: Any) -> bool:
+    return map_location is None or str(map_location) == "cpu"
+
+
+def _check_integrity(opened: "reader.OpenCheckpoint") -> None:
+    result = reader.check_integrity(opened.info, opened.file)
+    if not result.ok:
+        raise reader.CorruptCheckpoint("; ".join(result.problems), path=opened.info.path)
+
+
+def _load_verified(opened: "reader.OpenCheckpoint"):
+    """One pass: tensor bodies into tensor memory (CRC-32 checked), metadata through SHA-256, then the
+    weights-only unpickler over the checked pickle, its storages taken from the tensors already read."""
+    import sys
+    from torch import _weights_only_unpickler
+
+    directory, f, path = opened.info.directory, opened.file, opened.info.path
+    records = directory.records
+    byteorder = records.get(f"{container.ARCHIVE}/byteorder")
+    if byteorder is not None and container.read_record(f, byteorder).decode("ascii", "replace") != sys.byteorder:
+        _check_integrity(opened)  # rare: let torch swap the bytes
+        return _load_open(f, map_location="cpu", mmap=False)
+    storages: dict[str, torch.UntypedStorage] = {}
+
+    def into(record: container.Record) -> memoryview:
+        memory = torch.empty(record.size, dtype=torch.uint8)
+        storages[record.name[len(container.DATA_PREFIX):]] = memory.untyped_storage()
+        return memoryview(memory.numpy())
+
+    try:
+        report, _ = container.check_and_redigest(f, directory, into=into)
+    except (container.ContainerError, OSError) as exc:
+        raise reader.CorruptCheckpoint(f"damaged checkpoint: {exc}", path=path) from None
+    if not report.ok:
+        raise reader.CorruptCheckpoint("; ".join(report.problems), path=path)
+    pickle_record = records.get(f"{container.ARCHIVE}/data.pkl")
+    if pickle_record is None:
+        raise reader.CorruptCheckpoint("no archive/data.pkl record", path=path)
+    # Its CRC-32 sits in the SHA-256-checked directory, so these are the bytes the pass above vouched for.
+    data = container.read_record(f, pickle_record)
+
+    def persistent_load(saved_id):
+        if not (isinstance(saved_id, tuple) and len(saved_id) == 5 and saved_id[0] in ("storage", b"storage")):
+            raise reader.CorruptCheckpoint(f"unexpected persistent id {saved_id!r:.80}", path=path)
+        _, storage_type, key, _location, numel = saved_id
+        dtype = torch.uint8 if storage_type is torch.UntypedStorage else storage_type.dtype
+        storage = storages.get(key.decode("ascii") if isinstance(key, bytes) else str(key))
+        if storage is None or not isinstance(numel, int) or storage.nbytes() != numel * torch._utils._element_size(dtype):
+            raise reader.CorruptCheckpoint(f"tensor record {key!r:.40} is missing or has the wrong size", path=path)
+        return torch.storage.TypedStorage(wrap_storage=storage, dtype=dtype, _internal=True)
+
+    unpickler = _weights_only_unpickler.Unpickler(io.BytesIO(data), encoding="utf-8")
+    unpickler.persistent_load = persistent_load
+    try:
+        return unpickler.load()
+    except reader.CorruptCheckpoint:
+        raise
+    except Exception as exc:  # never echo torch's advice about weights_only=False
+        raise reader.CorruptCheckpoint(f"the pickle is refused by the weights-only unpickler "
+                                       f"({type(exc).__name__})", path=path) from None
 
 
 def _load_open(f, *, map_location: Any, mmap: bool):

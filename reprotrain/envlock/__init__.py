@@ -10,13 +10,15 @@ Import-light on purpose (no torch, and conda-lock/rattler only inside the functi
     platform_pins()        Python / torch / CUDA / cuDNN a lock pins for one platform (lockfile.py)
     verify_environment()   a live prefix against the lock (verify.py)
     create_environment()   install the locked environment (create.py)
+    export_environment()   a live prefix as an environment file, explicit lock or conda-lock.yml (export.py)
 """
 
 from __future__ import annotations
 
 import importlib
 
-DEFAULT_PLATFORMS: tuple[str, ...] = ("linux-64", "osx-arm64", "win-64")
+# conda-lock's own default set (conda_lock.src_parser.DEFAULT_PLATFORMS), not imported: it costs half a second.
+DEFAULT_PLATFORMS: tuple[str, ...] = ("linux-64", "osx-arm64", "osx-64", "win-64")
 DEFAULT_LOCKFILE = "conda-lock.yml"
 
 _EXPORTS = {
@@ -28,6 +30,7 @@ _EXPORTS = {
     "platform_pins": "reprotrain.envlock.lockfile",
     "verify_environment": "reprotrain.envlock.verify",
     "create_environment": "reprotrain.envlock.create",
+    "export_environment": "reprotrain.envlock.export",
 }
 
 __all__ = ["DEFAULT_LOCKFILE", "DEFAULT_PLATFORMS", *_EXPORTS]

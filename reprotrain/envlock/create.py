@@ -2,10 +2,13 @@
 
 With a conda, mamba or micromamba executable on PATH, `conda-lock install` does the work (it checks
 hashes itself). Without one, py-rattler installs the prefix. py-rattler does not check archive hashes
-for `file://` URLs, so every conda archive is first read once into a staging directory, its md5 (and
-sha256 when locked) compared with the lock, and rattler installs that verified copy; conda-meta then
-names the locked URL, not the staging copy. pip entries are installed with pip `--require-hashes`
-into the new prefix's site-packages.
+for `file://` URLs, so every conda archive is first streamed once into a staging directory in 1 MiB
+blocks (memory stays bounded whatever the archive's size: PyTorch packages are gigabytes), its md5 and
+sha256 computed while it streams and compared with the lock, and rattler installs that verified copy;
+conda-meta then names the locked URL, not the staging copy. Archives download in parallel
+(FETCH_WORKERS threads), each retried on network errors (FETCH_ATTEMPTS tries, backing off); a hash
+mismatch is never retried. pip entries are installed with pip `--require-hashes` into the new prefix's
+site-packages.
 """
 
 from __future__ import annotations
@@ -17,13 +20,17 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.error
 import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from reprotrain.envlock.prefix import current_platform
 from reprotrain.envlock.verify import LockedEntry, VerifyReport, locked_entries, verify_environment
+from reprotrain import safeio
 from reprotrain.errors import ReprotrainError
 
 
@@ -98,29 +105,92 @@ def _conda_lock_install(executable: str, lockfile, prefix: Path, categories: set
                               exit_code=1)
 
 
-def _read_archive(url: str) -> bytes:
+BLOCK = 1 << 20
+FETCH_WORKERS = 8
+FETCH_ATTEMPTS = 3
+FETCH_BACKOFF_S = 0.5
+
+
+@dataclass(frozen=True)
+class VerifiedArchive:
+    path: Path
+    size: int
+    md5: bytes
+    sha256: bytes
+
+
+def _shown(url: str) -> str:
+    # Never echo the URL's query or credentials: print scheme, host and path only.
     parsed = urllib.parse.urlsplit(url)
-    try:
-        if parsed.scheme == "file":
-            return Path(urllib.request.url2pathname(parsed.path)).read_bytes()
-        with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 - URLs come from the lock
-            return response.read()
-    except OSError as exc:
-        # Never echo the URL's query or credentials: print scheme, host and path only.
-        shown = urllib.parse.urlunsplit((parsed.scheme, parsed.hostname or "", parsed.path, "", ""))
-        raise ReprotrainError(f"cannot fetch {shown}: {getattr(exc, 'strerror', None) or exc}",
-                              exit_code=2) from None
+    return urllib.parse.urlunsplit((parsed.scheme, parsed.hostname or "", parsed.path, "", ""))
 
 
-def _check_hashes(entry: LockedEntry, data: bytes) -> None:
+def _open(url: str):
+    parsed = urllib.parse.urlsplit(url)
+    if parsed.scheme == "file":
+        # A regular file only (a file:// URL in a lock must not name a FIFO or a device); finite by construction.
+        return safeio.open_regular(urllib.request.url2pathname(parsed.path), limit=safeio.LIMITS["installed-file"],
+                                   what="package archive")
+    return urllib.request.urlopen(url, timeout=60)  # noqa: S310 - URLs come from the lock
+
+
+def _stream_once(entry: LockedEntry, target: Path) -> VerifiedArchive:
+    md5, sha256, size = hashlib.md5(), hashlib.sha256(), 0
+    with _open(entry.url) as source, open(target, "wb") as sink:
+        while True:
+            block = source.read(BLOCK)
+            if not block:
+                break
+            md5.update(block)
+            sha256.update(block)
+            size += len(block)
+            sink.write(block)
+    return VerifiedArchive(target, size, md5.digest(), sha256.digest())
+
+
+def fetch_verified(entry: LockedEntry, directory: Path) -> VerifiedArchive:
+    """Stream ENTRY's archive into DIRECTORY, hashing as it streams; refuse it unless it is the locked one."""
+    if not entry.md5 and not entry.sha256:
+        raise ArchiveHashMismatch(f"the lock records no hash for {entry.name}: refusing to install it unchecked")
+    target = directory / _file_name(entry.url)
+    for attempt in range(1, FETCH_ATTEMPTS + 1):
+        try:
+            archive = _stream_once(entry, target)
+            break
+        except OSError as exc:
+            target.unlink(missing_ok=True)
+            parsed = urllib.parse.urlsplit(entry.url)
+            permanent = parsed.scheme == "file" or (isinstance(exc, urllib.error.HTTPError) and 400 <= exc.code < 500)
+            if permanent or attempt == FETCH_ATTEMPTS:
+                raise ReprotrainError(f"cannot fetch {_shown(entry.url)}"
+                                      f"{f' after {attempt} attempts' if attempt > 1 else ''}: "
+                                      f"{getattr(exc, 'strerror', None) or getattr(exc, 'reason', None) or exc}",
+                                      exit_code=2) from None
+            time.sleep(FETCH_BACKOFF_S * 2 ** (attempt - 1))
     for algorithm in ("md5", "sha256"):
         expected = getattr(entry, algorithm)
-        if expected and hashlib.new(algorithm, data).hexdigest() != expected.lower():
+        if expected and getattr(archive, algorithm).hex() != expected.lower():
+            target.unlink(missing_ok=True)
             raise ArchiveHashMismatch(
                 f"archive of {entry.name} {entry.version} does not match the lock's {algorithm} "
                 f"(tampered or corrupted download); nothing was installed", path=_file_name(entry.url))
-    if not entry.md5 and not entry.sha256:
-        raise ArchiveHashMismatch(f"the lock records no hash for {entry.name}: refusing to install it unchecked")
+    return archive
+
+
+def fetch_all(entries: list[LockedEntry], directory: Path, workers: int = FETCH_WORKERS) -> list[VerifiedArchive]:
+    """Every archive, in parallel; the first failure in lock order is raised (nothing is installed then)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if not entries:
+        return []
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(entries))),
+                            thread_name_prefix="reprotrain-fetch") as pool:
+        futures = [pool.submit(fetch_verified, entry, directory) for entry in entries]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
 
 def _file_name(url: str) -> str:
@@ -131,19 +201,14 @@ def _rattler_install(entries: list[LockedEntry], prefix: Path, platform: str, ca
                      verified_dir: Path) -> None:
     import rattler
 
-    verified_dir.mkdir(parents=True, exist_ok=True)
+    # Check every archive before installing any: a tampered package leaves no half-built prefix.
+    archives = fetch_all(entries, verified_dir)
     records = []
     locked_urls: dict[str, LockedEntry] = {}
-    # Check every archive before installing any: a tampered package leaves no half-built prefix.
-    for entry in entries:
-        data = _read_archive(entry.url)
-        _check_hashes(entry, data)
-        file_name = _file_name(entry.url)
-        local = verified_dir / file_name
-        local.write_bytes(data)
-        package_record = _package_record(rattler, local, data)
+    for entry, archive in zip(entries, archives):
+        package_record = _package_record(rattler, archive)
         channel = entry.url[: entry.url.rfind("/", 0, entry.url.rfind("/")) + 1]
-        records.append(rattler.RepoDataRecord(package_record, file_name, local.as_uri(), channel))
+        records.append(rattler.RepoDataRecord(package_record, archive.path.name, archive.path.as_uri(), channel))
         locked_urls[f"{package_record.name.normalized}-{package_record.version}-{package_record.build}"] = entry
     prefix.mkdir(parents=True, exist_ok=True)
     asyncio.run(rattler.install(records, target_prefix=prefix, cache_dir=cache, show_progress=False,
@@ -151,15 +216,14 @@ def _rattler_install(entries: list[LockedEntry], prefix: Path, platform: str, ca
     _record_locked_urls(prefix, locked_urls)
 
 
-def _package_record(rattler, archive: Path, data: bytes):
+def _package_record(rattler, archive: VerifiedArchive):
     """The package's own metadata (info/index.json inside the verified archive) with the verified hashes."""
-    index = rattler.IndexJson.from_package_archive(archive)
+    index = rattler.IndexJson.from_package_archive(archive.path)
     return rattler.PackageRecord(
         name=index.name, version=index.version, build=index.build, build_number=index.build_number,
         subdir=index.subdir, arch=index.arch, platform=index.platform, noarch=index.noarch,
         depends=list(index.depends), constrains=list(index.constrains), license=index.license,
-        license_family=index.license_family, size=len(data), sha256=hashlib.sha256(data).digest(),
-        md5=hashlib.md5(data).digest())
+        license_family=index.license_family, size=archive.size, sha256=archive.sha256, md5=archive.md5)
 
 
 def _record_locked_urls(prefix: Path, locked: dict[str, LockedEntry]) -> None:
@@ -168,7 +232,7 @@ def _record_locked_urls(prefix: Path, locked: dict[str, LockedEntry]) -> None:
         entry = locked.get(record_file.stem)
         if entry is None:
             continue
-        doc = json.loads(record_file.read_text(encoding="utf-8"))
+        doc = json.loads(safeio.read_text(record_file, limit=safeio.LIMITS["conda-meta"], what="conda-meta record"))
         doc["url"] = entry.url
         doc["channel"] = entry.url[: entry.url.rfind("/", 0, entry.url.rfind("/")) + 1]
         doc.pop("extracted_package_dir", None)  # the scratch cache is gone once create returns

@@ -19,15 +19,14 @@ def lock_section(lockfile: str, prefix: str | None = None, verify: bool = True) 
     `matches` is None when VERIFY is false or the environment cannot be compared (no conda-meta,
     platform not in the lock); `content_hash` is None when the lock has no entry for this platform.
     """
-    from reprotrain.envlock.lockfile import read_lockfile
+    from reprotrain.envlock.lockfile import load_lock
     from reprotrain.envlock.verify import verify_environment
 
     path = Path(lockfile).resolve()
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ReprotrainError(f"cannot read lock file ({exc.strerror})", path=lockfile, exit_code=2) from None
-    lock = read_lockfile(path)
+    from reprotrain import safeio
+
+    data = safeio.read_regular(path, limit=safeio.LIMITS["lock"], what="lock file")
+    lock = load_lock(path)
     platform = current_platform()
     matches = None
     if verify:
@@ -45,13 +44,13 @@ def check_fingerprint_against_lock(fingerprint: dict, lockfile: str | os.PathLik
     Returns one row per field: {"field", "recorded", "locked", "ok"}. A field the lock does not pin
     (no CUDA in a CPU lock) is ok only when the fingerprint records none either.
     """
-    from reprotrain.envlock.lockfile import platform_pins, read_lockfile
+    from reprotrain.envlock.lockfile import load_lock, platform_pins
 
     platform = (fingerprint.get("platform") or {}).get("conda_subdir")
     if not platform:
         raise ReprotrainError("the fingerprint records no platform.conda_subdir to look up in the lock",
                               path=lockfile, exit_code=2)
-    lock = read_lockfile(lockfile)
+    lock = load_lock(lockfile)
     if platform not in lock.metadata.platforms:
         raise ReprotrainError(f"the lock has no platform {platform} (it has "
                               f"{', '.join(lock.metadata.platforms) or 'none'})", path=lockfile, exit_code=1)

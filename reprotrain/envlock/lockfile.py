@@ -5,16 +5,25 @@ release (1.x key order with `version` last, channels as plain strings, md5-only 
 several categories, mirror URLs) parses; anything else (an @EXPLICIT lock, an environment file, a JSON
 schema, broken YAML) is rejected with what it is and what to do instead. The file's text is never
 echoed into the error: lock files may carry credentials in URLs.
+
+Two readers, one format. `load_lock()` is pure standard library plus PyYAML: it is what `env verify`,
+`lock --check`, `lock show` and the fingerprint use, because importing conda-lock's package costs more
+than half a second (its `__init__` imports its CLI). `read_lockfile()` validates with conda-lock's own
+pydantic models, for callers that need those objects; `load_lock()` hands any file it cannot read to
+it, so both reject the same files with the same one-line messages. Versions 1 (what conda-lock writes)
+and 2 (conda-lock's in-memory model written out: `categories:` lists) are read; hash fields must be
+hex digests of the right length.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reprotrain.errors import InvalidDocumentError
+from reprotrain.errors import InvalidDocumentError, ReprotrainError
 
 if TYPE_CHECKING:  # conda-lock is imported lazily: it costs most of a second
     from conda_lock.lockfile.v2prelim.models import LockedDependency, Lockfile
@@ -30,9 +39,12 @@ def read_lockfile(path: str | os.PathLike) -> Lockfile:
 
     Raises InvalidDocumentError (exit code 2) with a one-line reason for anything that is not one.
     """
-    import yaml
-
     path = Path(path)
+    return lockfile_from_document(_load_document(path), path)
+
+
+def _load_document(path: Path) -> dict:
+    """The lock's YAML mapping, after rejecting what is plainly another kind of document."""
     text = _read_text(path)
     if not text.strip():
         raise InvalidDocumentError("empty file, not a conda-lock.yml", path=path)
@@ -40,23 +52,22 @@ def read_lockfile(path: str | os.PathLike) -> Lockfile:
         raise InvalidDocumentError(
             "an explicit per-platform lock (conda list --explicit format: package URLs), not a unified "
             "conda-lock.yml; reprotrain reads conda-lock.yml files (write one with `reprotrain lock`)", path=path)
-    try:
-        doc = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise InvalidDocumentError(f"not valid YAML{where}: {problem}", path=path) from None
+    from reprotrain.envlock import fastyaml
+
+    doc = fastyaml.parse(text)  # conda-lock's own layout, several times faster; None: anything else
+    if doc is None:
+        doc = _load_yaml(text, path)
     if not isinstance(doc, dict):
         raise InvalidDocumentError(
             f"not a conda-lock.yml: the document is a {type(doc).__name__}, not a mapping", path=path)
     _reject_other_documents(doc, path)
-    return lockfile_from_document(doc, path)
+    return doc
 
 
 def lockfile_from_document(doc: dict, path: str | os.PathLike) -> Lockfile:
     """Validate an already-loaded conda-lock document with conda-lock's models (v1 on disk, v2 in memory)."""
     from conda_lock.lockfile.v1.models import Lockfile as LockfileV1
+    from conda_lock.lockfile.v2prelim.models import Lockfile as LockfileV2
     from conda_lock.lockfile.v2prelim.models import lockfile_v1_to_v2
     from pydantic import ValidationError
 
@@ -64,30 +75,52 @@ def lockfile_from_document(doc: dict, path: str | os.PathLike) -> Lockfile:
     version = doc.pop("version", None)
     if version is None:
         raise InvalidDocumentError("no 'version' key: not a conda-lock.yml", path=path)
-    if version != 1:
+    if version not in SUPPORTED_VERSIONS or isinstance(version, bool):
         raise InvalidDocumentError(
-            f"lock file version {version!r} is not supported (conda-lock 4.0.3 writes version 1)", path=path)
+            f"lock file version {version!r} is not supported (conda-lock writes version 1; version 2 is read "
+            "too)", path=path)
     for key in ("metadata", "package"):
         if key not in doc:
             raise InvalidDocumentError(f"no '{key}' section: not a conda-lock.yml", path=path)
     try:
-        return lockfile_v1_to_v2(LockfileV1.model_validate(doc))
+        if version == 2:
+            model = LockfileV2.model_validate(doc)
+        else:
+            model = lockfile_v1_to_v2(LockfileV1.model_validate(doc))
     except ValidationError as exc:
         raise InvalidDocumentError(_first_validation_error(exc, doc), path=path) from None
     except (AssertionError, ValueError, TypeError) as exc:  # conda-lock's own v1->v2 invariants
         raise InvalidDocumentError(f"inconsistent package entries: {exc or type(exc).__name__}", path=path) \
             from None
+    problem = _hash_format_problem(doc.get("package"))
+    if problem:
+        raise InvalidDocumentError(f"invalid conda-lock.yml: {problem}", path=path)
+    return model
+
+
+def _load_yaml(text: str, path: Path):
+    import yaml
+
+    try:
+        from reprotrain import safeio
+
+        return safeio.load_yaml(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise InvalidDocumentError(f"not valid YAML{where}: {problem}", path=path) from None
 
 
 def _read_text(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+    from reprotrain import safeio
+
+    try:  # a regular file only (never a FIFO or a device), at most the lock limit
+        data = safeio.read_regular(path, limit=safeio.LIMITS["lock"], what="lock file")
+    except safeio.Missing:
         raise InvalidDocumentError("no such file", path=path) from None
-    except IsADirectoryError:
-        raise InvalidDocumentError("is a directory, not a lock file", path=path) from None
-    except OSError as exc:
-        raise InvalidDocumentError(f"cannot read: {exc.strerror or exc}", path=path) from None
+    except ReprotrainError as exc:
+        raise InvalidDocumentError(exc.message, path=path) from None
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -130,6 +163,206 @@ def _first_validation_error(exc: Any, doc: dict) -> str:
     message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"invalid conda-lock.yml: {location}: {message}{more}"
+
+
+# --- the light reader: no conda-lock import -------------------------------------------------------
+
+SUPPORTED_VERSIONS = (1, 2)
+_VCS_PREFIXES = ("git+", "hg+", "svn+", "bzr+")
+_GIT_COMMIT = re.compile(r"^[0-9a-fA-F]{40}$")
+_HEX = {"md5": re.compile(r"^[0-9a-fA-F]{32}$"), "sha256": re.compile(r"^[0-9a-fA-F]{64}$")}
+
+
+@dataclass(frozen=True)
+class LockChannel:
+    url: str
+
+
+@dataclass(frozen=True)
+class LockHash:
+    md5: str | None = None
+    sha256: str | None = None
+
+
+@dataclass
+class LockEntry:
+    """One locked package (v1 entries of several categories folded into one, as conda-lock does)."""
+
+    name: str
+    version: str
+    manager: str
+    platform: str
+    url: str
+    hash: LockHash
+    build: str | None = None
+    dependencies: dict = field(default_factory=dict)
+    categories: set[str] = field(default_factory=set)
+
+
+@dataclass
+class LockMetadata:
+    platforms: list[str]
+    content_hash: dict[str, str]
+    channels: list[LockChannel]
+    sources: list[str]
+
+
+@dataclass
+class LockData:
+    """What `load_lock()` returns: the attributes of conda-lock's `Lockfile` that reprotrain reads."""
+
+    version: int
+    metadata: LockMetadata
+    package: list[LockEntry]
+
+
+_METADATA_KEYS = {"content_hash", "channels", "platforms", "sources", "time_metadata", "git_metadata",
+                  "inputs_metadata", "custom_metadata"}
+_COMMON_PACKAGE_KEYS = {"name", "version", "manager", "platform", "dependencies", "url", "hash", "source", "build"}
+_PACKAGE_KEYS = {1: _COMMON_PACKAGE_KEYS | {"category", "optional"}, 2: _COMMON_PACKAGE_KEYS | {"categories"}}
+
+
+def _from_model(model) -> LockData:
+    return LockData(version=2, metadata=LockMetadata(
+        platforms=list(model.metadata.platforms), content_hash=dict(model.metadata.content_hash),
+        channels=[LockChannel(c.url) for c in model.metadata.channels], sources=list(model.metadata.sources)),
+        package=[LockEntry(name=p.name, version=p.version, manager=p.manager, platform=p.platform, url=p.url,
+                           hash=LockHash(p.hash.md5, p.hash.sha256), build=p.build,
+                           dependencies=dict(p.dependencies), categories=set(p.categories))
+                 for p in model.package])
+
+
+class _Unreadable(Exception):
+    """The light reader met something it does not vouch for: conda-lock's models give the message."""
+
+
+def load_lock(path: str | os.PathLike) -> LockData:
+    """Read a conda-lock.yml (version 1 or 2) without importing conda-lock.
+
+    Raises InvalidDocumentError (exit 2) with the same one-line reasons as `read_lockfile()`, plus a
+    check of every hash field's format.
+    """
+    path = Path(path)
+    doc = _load_document(path)
+    try:
+        return _lock_data(doc)
+    except _Unreadable:
+        # conda-lock's models either reject the file with the precise message or accept a form this
+        # reader does not vouch for: then their result is used.
+        return _from_model(read_lockfile(path))
+    except _HashFormat as exc:
+        raise InvalidDocumentError(f"invalid conda-lock.yml: {exc}", path=path) from None
+
+
+class _HashFormat(Exception):
+    pass
+
+
+def _hash_format_problem(packages) -> str | None:
+    for index, package in enumerate(packages if isinstance(packages, list) else ()):
+        hashes = package.get("hash") if isinstance(package, dict) else None
+        if not isinstance(hashes, dict):
+            continue
+        url = package.get("url")
+        vcs = isinstance(url, str) and url.startswith(_VCS_PREFIXES)
+        for algorithm, pattern in _HEX.items():
+            value = hashes.get(algorithm)
+            if vcs and algorithm == "sha256" and isinstance(value, str) and _GIT_COMMIT.match(value):
+                continue  # conda-lock records a pip VCS dependency's commit id in the sha256 field
+            if value is not None and not (isinstance(value, str) and pattern.match(value)):
+                digits = 32 if algorithm == "md5" else 64
+                return (f"package[{index}] ({package.get('name')}) hash.{algorithm} is not {digits} hex digits")
+    return None
+
+
+def _text(value) -> str:
+    if not isinstance(value, str):
+        raise _Unreadable
+    return value
+
+
+def _lock_data(doc: dict) -> LockData:
+    version = doc.get("version")
+    if version not in SUPPORTED_VERSIONS or isinstance(version, bool):
+        raise _Unreadable
+    metadata, packages = doc.get("metadata"), doc.get("package")
+    if not isinstance(metadata, dict) or not isinstance(packages, list):
+        raise _Unreadable
+    if set(doc) - {"version", "metadata", "package"}:
+        raise _Unreadable  # conda-lock's models forbid extra keys
+    if set(metadata) - _METADATA_KEYS:
+        raise _Unreadable
+    platforms = metadata.get("platforms")
+    content_hash = metadata.get("content_hash")
+    channels = metadata.get("channels")
+    sources = metadata.get("sources")
+    if not (isinstance(platforms, list) and all(isinstance(p, str) for p in platforms)):
+        raise _Unreadable
+    if not (isinstance(content_hash, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                                   for k, v in content_hash.items())):
+        raise _Unreadable
+    if not (isinstance(sources, list) and all(isinstance(s, str) for s in sources)):
+        raise _Unreadable
+    if not isinstance(channels, list):
+        raise _Unreadable
+    channel_urls = []
+    for channel in channels:
+        if isinstance(channel, str):
+            channel_urls.append(LockChannel(channel))
+        elif isinstance(channel, dict) and isinstance(channel.get("url"), str):
+            channel_urls.append(LockChannel(channel["url"]))
+        else:
+            raise _Unreadable
+    problem = _hash_format_problem(packages)
+    if problem:
+        raise _HashFormat(problem)
+    entries: dict[tuple[str, str, str], LockEntry] = {}
+    for package in packages:
+        if not isinstance(package, dict):
+            raise _Unreadable
+        manager = package.get("manager")
+        if manager not in ("conda", "pip"):
+            raise _Unreadable
+        hashes = package.get("hash")
+        if not isinstance(hashes, dict) or set(hashes) - {"md5", "sha256"}:
+            raise _Unreadable
+        md5, sha256 = hashes.get("md5"), hashes.get("sha256")
+        if manager == "conda" and md5 is None:  # conda-lock's rule: conda entries carry an md5
+            raise _Unreadable
+        if set(package) - _PACKAGE_KEYS[version]:
+            raise _Unreadable
+        build = package.get("build")
+        dependencies = package.get("dependencies", {})
+        if build is not None and not isinstance(build, str) or not isinstance(dependencies, dict):
+            raise _Unreadable
+        if version == 2:
+            categories = package.get("categories", [])
+            if not (isinstance(categories, list) and all(isinstance(c, str) for c in categories)):
+                raise _Unreadable
+            categories = set(categories)
+        else:
+            category = package.get("category", "main")
+            if not isinstance(category, str) or not isinstance(package.get("optional"), bool):
+                raise _Unreadable
+            categories = {category}
+        url = _text(package.get("url"))
+        if not url or url.strip() != url:
+            raise _Unreadable
+        entry = LockEntry(name=_text(package.get("name")), version=str(_text(package.get("version"))),
+                          manager=manager, platform=_text(package.get("platform")), url=url,
+                          hash=LockHash(md5, sha256), build=build, dependencies=dependencies,
+                          categories=categories)
+        key = (entry.manager, entry.name, entry.platform)
+        previous = entries.get(key)
+        if previous is None:
+            entries[key] = entry
+        elif (previous.version, previous.url, previous.hash) == (entry.version, entry.url, entry.hash):
+            previous.categories |= entry.categories
+        else:
+            raise _Unreadable  # the same package twice with different content: conda-lock says how
+    return LockData(version=version, metadata=LockMetadata(
+        platforms=list(platforms), content_hash=dict(content_hash), channels=channel_urls,
+        sources=list(sources)), package=list(entries.values()))
 
 
 # --- what a lock pins -------------------------------------------------------------------------------

@@ -6,15 +6,18 @@ Pure standard library (plus the JSON files conda, mamba and rattler write), so r
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform as _platform
 import re
+import stat
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reprotrain import safeio
 from reprotrain.errors import InvalidDocumentError, ReprotrainError
 
 _NORMALISE = re.compile(r"[-_.]+")
@@ -23,6 +26,72 @@ _NORMALISE = re.compile(r"[-_.]+")
 def normalise_pip_name(name: str) -> str:
     """PEP 503 normalised project name (`Foo_Bar` -> `foo-bar`)."""
     return _NORMALISE.sub("-", name).lower()
+
+
+# conda and rattler both write conda-meta records pretty-printed with a two-space indent, so a
+# top-level key is exactly `\n  "key": ` while nested keys (paths_data, link) sit deeper. Finding
+# those few keys with bytes.find avoids parsing megabytes of file lists for large packages.
+_TOP_LEVEL_KEYS = ("name", "version", "build", "sha256", "md5")
+
+
+def _top_level_value(data: bytes, key: str):
+    marker = b'\n  "' + key.encode() + b'": '
+    at = data.find(marker)
+    if at < 0:
+        return None
+    start = at + len(marker)
+    end = data.find(b"\n", start)
+    raw = data[start:end if end >= 0 else len(data)].rstrip().rstrip(b",")
+    if len(raw) >= 2 and raw[0] == raw[-1] == 0x22 and b"\\" not in raw and b'"' not in raw[1:-1]:
+        return raw[1:-1].decode("utf-8")  # the common case: a plain string, no JSON escapes to undo
+    return json.loads(raw)
+
+
+def _read_bytes(path: str) -> bytes:
+    # Reading hundreds of small files is syscall-bound: os.open/os.read skips the buffered file object's
+    # extra fstat/seek calls, about a third faster than open().read() on a 300-record prefix.
+    # Regular files only, capped (reprotrain.safeio's rules, inlined for speed): O_NONBLOCK so that a FIFO
+    # cannot hang the open, fstat on the open descriptor, at most the conda-meta limit.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file")
+        if info.st_size > safeio.LIMITS["conda-meta"]:
+            raise ValueError(f"larger than the {safeio.LIMITS['conda-meta']} byte limit")
+        chunks, total = [], 0
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > safeio.LIMITS["conda-meta"]:
+                raise ValueError(f"larger than the {safeio.LIMITS['conda-meta']} byte limit")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def read_conda_record(path: str) -> dict:
+    """name, version, build and archive hash of one conda-meta record (raises ValueError if unreadable)."""
+    data = _read_bytes(path)
+    try:
+        record = {key: _top_level_value(data, key) for key in _TOP_LEVEL_KEYS}
+    except ValueError:
+        record = {}
+    if not record.get("name") or not record.get("version") or record.get("build") is None:
+        # Not in the usual two-space layout (hand-written or minified): parse it fully.
+        doc = json.loads(data)
+        if not isinstance(doc, dict):
+            raise ValueError("not a JSON object")
+        record = {key: doc.get(key) for key in _TOP_LEVEL_KEYS}
+    if not isinstance(record.get("name"), str) or not isinstance(record.get("version"), str):
+        raise ValueError("no name or version")
+    sha256, md5 = record.get("sha256"), record.get("md5")
+    return {
+        "name": record["name"],
+        "version": record["version"],
+        "build": str(record.get("build") or ""),
+        "hash": f"sha256:{sha256}" if sha256 else (f"md5:{md5}" if md5 else None),
+    }
 
 
 def conda_subdir(system: str | None = None, machine: str | None = None) -> str | None:
@@ -49,6 +118,65 @@ def current_platform() -> str:
 def default_prefix() -> Path:
     """The active conda environment ($CONDA_PREFIX), else the running interpreter's prefix."""
     return Path(os.environ.get("CONDA_PREFIX") or sys.prefix)
+
+
+def envs_dirs() -> list[Path]:
+    """Where conda looks for `-n NAME`: $CONDA_ENVS_PATH (or $CONDA_ENVS_DIRS), the root prefix's envs/,
+    the envs/ beside the active environment, then ~/.conda/envs."""
+    found: list[Path] = []
+    for variable in ("CONDA_ENVS_PATH", "CONDA_ENVS_DIRS"):
+        found += [Path(p).expanduser() for p in os.environ.get(variable, "").split(os.pathsep) if p]
+    root = root_prefix()
+    if root is not None:
+        found.append(root / "envs")
+    active = os.environ.get("CONDA_PREFIX")
+    if active:
+        active_path = Path(active)
+        found.append(active_path.parent if active_path.parent.name == "envs" else active_path / "envs")
+    found.append(Path.home() / ".conda" / "envs")
+    return list(dict.fromkeys(found))
+
+
+def root_prefix() -> Path | None:
+    """conda's base environment: $CONDA_ROOT / $MAMBA_ROOT_PREFIX, else the one the active environment lives in."""
+    for variable in ("CONDA_ROOT", "MAMBA_ROOT_PREFIX", "CONDA_ROOT_PREFIX"):
+        if os.environ.get(variable):
+            return Path(os.environ[variable])
+    active = os.environ.get("CONDA_PREFIX")
+    if active:
+        path = Path(active)
+        return path.parent.parent if path.parent.name == "envs" else path
+    return None
+
+
+def resolve_prefix(prefix: str | os.PathLike | None = None, name: str | None = None,
+                   must_exist: bool = True) -> Path:
+    """The environment `-p PREFIX` / `-n NAME` names, resolved as conda does; neither: the active one.
+
+    With MUST_EXIST false (env create), `-n NAME` is the first envs directory's NAME.
+    """
+    if prefix is not None and name is not None:
+        raise ReprotrainError("give -p/--prefix or -n/--name, not both", path=str(prefix), exit_code=2)
+    if prefix is not None:
+        return Path(prefix)
+    if name is None:
+        return default_prefix()
+    if name in ("", ".", "..") or "/" in name or "\\" in name:
+        raise ReprotrainError("an environment name is a plain name; use -p for a path", path=name, exit_code=2)
+    if name == "base":
+        root = root_prefix()
+        if root is None:
+            raise ReprotrainError("no base environment known (no $CONDA_ROOT, $MAMBA_ROOT_PREFIX or active "
+                                  "environment)", path=name, exit_code=2)
+        return root
+    dirs = envs_dirs()
+    for directory in dirs:
+        if (directory / name / "conda-meta").is_dir():
+            return directory / name
+    if not must_exist:
+        return dirs[0] / name
+    raise ReprotrainError(f"no environment named {name} in {', '.join(str(d) for d in dirs)}", path=name,
+                          exit_code=2)
 
 
 @dataclass(frozen=True)
@@ -99,17 +227,57 @@ def read_prefix(prefix: str | os.PathLike) -> PrefixContents:
     conda_files: set[str] = set()
     for record_file in sorted(meta.glob("*.json")):
         try:
-            doc = json.loads(record_file.read_text(encoding="utf-8"))
-            name, version, build = doc["name"], str(doc["version"]), str(doc.get("build", ""))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            doc = json.loads(safeio.read_text(record_file, limit=safeio.LIMITS["conda-meta"],
+                                              what="conda-meta record"))
+        except (OSError, ValueError, RecursionError) as exc:
             raise InvalidDocumentError(f"unreadable conda-meta record ({exc.__class__.__name__}: {exc})",
                                        path=record_file) from None
-        paths = tuple((doc.get("paths_data") or {}).get("paths") or ())
-        conda[name] = CondaRecord(name=name, version=version, build=build, subdir=doc.get("subdir"),
-                                  url=doc.get("url"), md5=doc.get("md5"), sha256=doc.get("sha256"),
-                                  record_file=record_file, paths=paths)
+        record = _conda_record(doc, record_file)
+        conda[record.name] = record
         conda_files.update(doc.get("files") or ())
     return PrefixContents(prefix=prefix, conda=conda, pip=_read_pip(prefix, conda_files))
+
+
+def _conda_record(doc, record_file: Path) -> CondaRecord:
+    """A conda-meta record's fields, each checked for its type (a record is input: exit 2 naming the field)."""
+    def bad(field: str, expected: str, value) -> InvalidDocumentError:
+        return InvalidDocumentError(f"conda-meta record field {field!r} must be {expected}, got "
+                                    f"{type(value).__name__}", path=record_file)
+
+    if not isinstance(doc, dict):
+        raise InvalidDocumentError(f"conda-meta record is not a JSON object (got {type(doc).__name__})",
+                                   path=record_file)
+    for key in ("name", "version"):
+        if key not in doc:
+            raise InvalidDocumentError(f"conda-meta record has no {key!r}", path=record_file)
+    if not isinstance(doc["name"], str) or not doc["name"]:
+        raise bad("name", "a non-empty string", doc["name"])
+    version = doc["version"]
+    if isinstance(version, bool) or not isinstance(version, (str, int, float)):
+        raise bad("version", "a string", version)
+    for key in ("build", "subdir", "url", "md5", "sha256"):
+        if doc.get(key) is not None and not isinstance(doc[key], str):
+            raise bad(key, "a string", doc[key])
+    files = doc.get("files")
+    if files is not None and not (isinstance(files, list) and all(isinstance(f, str) for f in files)):
+        raise bad("files", "a list of strings", files)
+    paths_data = doc.get("paths_data")
+    if paths_data is not None and not isinstance(paths_data, dict):
+        raise bad("paths_data", "an object", paths_data)
+    paths = (paths_data or {}).get("paths") or []
+    if not isinstance(paths, list):
+        raise bad("paths_data.paths", "a list", paths)
+    for index, entry in enumerate(paths):
+        if not isinstance(entry, dict):
+            raise bad(f"paths_data.paths[{index}]", "an object", entry)
+        if not isinstance(entry.get("_path"), str) or not entry["_path"]:
+            raise bad(f"paths_data.paths[{index}]._path", "a non-empty string", entry.get("_path"))
+        for key in ("sha256", "sha256_in_prefix", "path_type"):
+            if entry.get(key) is not None and not isinstance(entry[key], str):
+                raise bad(f"paths_data.paths[{index}].{key}", "a string", entry[key])
+    return CondaRecord(name=doc["name"], version=str(version), build=doc.get("build") or "",
+                       subdir=doc.get("subdir"), url=doc.get("url"), md5=doc.get("md5"), sha256=doc.get("sha256"),
+                       record_file=record_file, paths=tuple(paths))
 
 
 def site_packages_dirs(prefix: Path) -> list[Path]:
@@ -139,16 +307,17 @@ def _read_pip(prefix: Path, conda_files: set[str]) -> dict[str, PipRecord]:
 
 
 def _read_first_line(path: Path) -> str | None:
-    try:
-        return path.read_text(encoding="utf-8").strip() or None
-    except OSError:
+    if not os.path.lexists(path):
         return None
+    data = safeio.read_regular(path, limit=safeio.LIMITS["record"], what="dist-info file")  # regular files only
+    return data.decode("utf-8", errors="replace").strip() or None
 
 
 def _name_version(metadata: Path) -> tuple[str | None, str | None]:
     name = version = None
     try:
-        with metadata.open(encoding="utf-8", errors="replace") as handle:
+        with io.TextIOWrapper(safeio.open_regular(metadata, limit=safeio.LIMITS["record"], what="METADATA file"),
+                              encoding="utf-8", errors="replace") as handle:
             for line in handle:
                 if not line.strip():
                     break  # the headers end at the first blank line

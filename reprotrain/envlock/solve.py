@@ -49,19 +49,19 @@ def validate_environment_file(path: Path) -> dict:
         raise InvalidDocumentError(
             "only conda environment files (.yml/.yaml) can be locked offline; for pyproject.toml or "
             "meta.yaml sources run conda-lock itself (it needs a network for the PyPI name mapping)", path=path)
+    from reprotrain import safeio
+
+    try:  # a regular file only, at most the environment-file limit
+        text = safeio.read_text(path, limit=safeio.LIMITS["env"], what="environment file")
+    except ReprotrainError as exc:
+        raise InvalidDocumentError(exc.message, path=path) from None
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InvalidDocumentError("no such file", path=path) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidDocumentError(f"cannot read: {getattr(exc, 'strerror', None) or exc}", path=path) from None
-    try:
-        doc = yaml.safe_load(text)
+        doc = safeio.load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise InvalidDocumentError(f"not valid YAML{where}: {getattr(exc, 'problem', None) or exc}",
-                                   path=path) from None
+        problem = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]  # one line, even for a ReaderError
+        raise InvalidDocumentError(f"not valid YAML{where}: {problem}", path=path) from None
     if not isinstance(doc, dict) or not isinstance(doc.get("dependencies"), list):
         raise InvalidDocumentError("not a conda environment file: no 'dependencies' list", path=path)
     channels = doc.get("channels") or []
@@ -127,7 +127,7 @@ def virtual_packages(spec_file: str | os.PathLike | None = None) -> FakeRepoData
 
 
 def resolve_platforms(env_files: Sequence[Path], platforms: Sequence[str] | None) -> list[str]:
-    """-p wins, then the files' `platforms:` keys, then linux-64, osx-arm64 and win-64."""
+    """-p wins, then the files' `platforms:` keys, then conda-lock's defaults (linux-64, osx-arm64, osx-64, win-64)."""
     if platforms:
         return list(dict.fromkeys(platforms))
     return declared_platforms(env_files) or list(DEFAULT_PLATFORMS)
@@ -222,7 +222,10 @@ def _solve_platform_with_rattler(spec: LockSpecification, platform: str, repo: F
     from conda_lock.lockfile import apply_categories
 
     requested = {d.name: d for d in spec.dependencies[platform] if d.manager == "conda"}
-    match_specs = [_to_match_spec(d.name, d.version, d.build, d.conda_channel) for d in requested.values()]
+    # conda's (lenient) MatchSpec reading: `conda env export`'s `click=8.1.8=pyh0_0` becomes `click ==8.1.8
+    # pyh0_0`, which rattler's strict string parser refuses ("missing range specifier").
+    match_specs = [rattler.MatchSpec(_to_match_spec(d.name, d.version, d.build, d.conda_channel), strict=False)
+                   for d in requested.values()]
     try:
         records = asyncio.run(rattler.solve(
             sources=[channel.url for channel in spec.channels], specs=match_specs,

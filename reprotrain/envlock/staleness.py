@@ -1,9 +1,10 @@
 """`reprotrain lock --check`: is a conda-lock.yml still the lock of its inputs? Offline, no solve.
 
 conda-lock stores one content hash per platform: a sha256 over the parsed specification (channels,
-specs, pip repositories) and the virtual packages. Recomputing it with conda-lock's own function from
-the current environment files, and accepting every hash variant conda-lock itself accepts, answers
-"stale or not" exactly. The lock does not record its inputs, so "what changed" is a diagnosis: channel
+specs, pip repositories) and the virtual packages. Recomputing it from the current environment files,
+and accepting every hash variant conda-lock itself accepts, answers "stale or not" exactly. The
+common environment files are hashed by content_hash.py without importing conda-lock (its package
+costs half a second to import); everything else by conda-lock's own functions. The lock does not record its inputs, so "what changed" is a diagnosis: channel
 changes, requested packages missing from the lock, and locked versions or builds that no longer satisfy
 a spec are named; anything else is reported as a specification change the hash detected.
 """
@@ -29,13 +30,12 @@ def check(lockfile: str | os.PathLike = DEFAULT_LOCKFILE, env_files: Sequence[st
     {platform: {"status": "fresh"|"stale"|"not locked"|"not declared", ...}}}; raises
     InvalidDocumentError (exit 2) for unreadable inputs.
     """
-    from conda_lock.content_hash import backwards_compatible_content_hashes, compute_content_hashes
-
-    from reprotrain.envlock.lockfile import read_lockfile
-    from reprotrain.envlock.solve import declared_platforms, make_spec, virtual_packages
+    from reprotrain.envlock import content_hash
+    from reprotrain.envlock.lockfile import load_lock
+    from reprotrain.envlock.solve import declared_platforms
 
     lockfile_path = Path(lockfile)
-    locked = read_lockfile(lockfile_path)
+    locked = load_lock(lockfile_path)
     if env_files:
         sources = [Path(p) for p in env_files]
     else:
@@ -54,9 +54,21 @@ def check(lockfile: str | os.PathLike = DEFAULT_LOCKFILE, env_files: Sequence[st
         undeclared = [p for p in locked_platforms if declared and p not in declared]
 
     to_hash = [p for p in wanted if p not in undeclared]
-    spec = make_spec(sources, to_hash) if to_hash else None
-    repo = virtual_packages(virtual_package_spec)
-    current = compute_content_hashes(spec, repo) if spec is not None else {}
+    # conda-lock's hash without importing conda-lock where reprotrain reproduces it exactly (content_hash.py);
+    # conda-lock itself otherwise, and for the diagnosis of a stale platform.
+    fast = content_hash.hashes(sources, to_hash, virtual_package_spec) if to_hash else ({}, {})
+    spec = None
+    if fast is None:
+        from conda_lock.content_hash import backwards_compatible_content_hashes, compute_content_hashes
+
+        from reprotrain.envlock.solve import make_spec, virtual_packages
+
+        spec = make_spec(sources, to_hash)
+        repo = virtual_packages(virtual_package_spec)
+        current = compute_content_hashes(spec, repo)
+        accepted = {p: backwards_compatible_content_hashes(spec, repo, p) for p in to_hash}
+    else:
+        current, accepted = fast
 
     report: dict[str, dict] = {}
     for platform in wanted:
@@ -68,10 +80,14 @@ def check(lockfile: str | os.PathLike = DEFAULT_LOCKFILE, env_files: Sequence[st
         elif platform not in locked_platforms or entry["locked_hash"] is None:
             entry["status"] = "not locked"
             entry["changes"].append("requested, but the lock has no such platform")
-        elif entry["locked_hash"] in backwards_compatible_content_hashes(spec, repo, platform):
+        elif entry["locked_hash"] in accepted[platform]:
             entry["status"] = "fresh"
         else:
             entry["status"] = "stale"
+            if spec is None:
+                from reprotrain.envlock.solve import make_spec
+
+                spec = make_spec(sources, to_hash)
             entry["changes"] = _diagnose(locked, spec, platform)
         report[platform] = entry
     return {

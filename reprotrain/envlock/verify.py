@@ -9,14 +9,16 @@ files edited or deleted after installation.
 from __future__ import annotations
 
 import base64
+import csv
 import hashlib
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from reprotrain import safeio
 from reprotrain.envlock.prefix import (CondaRecord, PipRecord, PrefixContents, current_platform, default_prefix,
                                        normalise_pip_name, read_prefix)
-from reprotrain.errors import InvalidDocumentError
+from reprotrain.errors import InvalidDocumentError, ReprotrainError
 
 # Difference kinds, in the order a report lists them.
 KINDS = ("missing", "extra", "version", "build", "hash", "file-modified", "file-missing")
@@ -69,9 +71,9 @@ class LockedEntry:
 def locked_entries(lockfile: str | os.PathLike, platform: str,
                    categories: set[str] | None = None) -> list[LockedEntry]:
     """LOCKFILE's entries for PLATFORM (optionally only those in CATEGORIES); error if the platform is absent."""
-    from reprotrain.envlock.lockfile import build_string, packages_for_platform, read_lockfile
+    from reprotrain.envlock.lockfile import build_string, load_lock, packages_for_platform
 
-    lock = read_lockfile(lockfile)
+    lock = load_lock(lockfile)
     platforms = list(lock.metadata.platforms)
     if platform not in platforms:
         raise InvalidDocumentError(
@@ -152,6 +154,7 @@ def _compare_conda(entry: LockedEntry, record: CondaRecord) -> list[Difference]:
 
 def _deep_check(contents: PrefixContents, diffs: list[Difference]) -> int:
     checked = 0
+    root = contents.prefix.resolve()
     for record in contents.conda.values():
         for entry in record.paths:
             if entry.get("path_type") in ("softlink", "directory"):
@@ -161,19 +164,32 @@ def _deep_check(contents: PrefixContents, diffs: list[Difference]) -> int:
             if not expected:
                 continue
             checked += 1
-            diff = _check_file(contents.prefix / entry["_path"], expected, "conda", record.name, entry["_path"])
+            diff = _check_file(contents.prefix / entry["_path"], expected, "conda", record.name, entry["_path"], root)
             if diff:
                 diffs.append(diff)
     for pip_record in contents.pip.values():
-        checked += _check_record_file(pip_record, diffs)
+        checked += _check_record_file(pip_record, diffs, root)
     return checked
 
 
-def _check_file(path: Path, expected_sha256: str, manager: str, name: str, rel: str) -> Difference | None:
-    try:
-        actual = _sha256_file(path)
-    except FileNotFoundError:
+def _check_file(path: Path, expected_sha256: str, manager: str, name: str, rel: str,
+                root: Path) -> Difference | None:
+    """Re-hash one installed file. Only a regular file inside the prefix is read: a path that leaves it (``..``,
+    an absolute path, a symlink pointing out, e.g. to /dev/zero or a secret) is reported, never opened, and its
+    hash never printed."""
+    if not isinstance(expected_sha256, str):
+        return Difference("file-modified", manager, name, detail=f"{rel}: the record's hash is not a string")
+    resolved = path.resolve()
+    if not resolved.is_relative_to(root):
+        return Difference("file-modified", manager, name, detail=f"{rel}: leaves the prefix; not read")
+    if not resolved.exists() and not path.is_symlink():
         return Difference("file-missing", manager, name, detail=rel)
+    try:
+        actual = _sha256_file(resolved)
+    except safeio.Missing:
+        return Difference("file-missing", manager, name, detail=rel)
+    except ReprotrainError as exc:
+        return Difference("file-modified", manager, name, detail=f"{rel}: {exc.message}")
     if actual != expected_sha256.lower():
         return Difference("file-modified", manager, name, locked=f"sha256:{expected_sha256}",
                           installed=f"sha256:{actual}", detail=rel)
@@ -181,27 +197,37 @@ def _check_file(path: Path, expected_sha256: str, manager: str, name: str, rel: 
 
 
 def _sha256_file(path: Path) -> str:
+    from reprotrain import safeio
+
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with safeio.open_regular(path, limit=safeio.LIMITS["installed-file"], what="installed file") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
-def _check_record_file(record: PipRecord, diffs: list[Difference]) -> int:
+def _check_record_file(record: PipRecord, diffs: list[Difference], root: Path) -> int:
     """Re-hash the files a pip RECORD lists (urlsafe-base64 sha256, relative to site-packages)."""
     record_file = record.dist_info / "RECORD"
+    from reprotrain import safeio
+    from reprotrain.errors import ReprotrainError
+
     try:
-        lines = record_file.read_text(encoding="utf-8").splitlines()
-    except OSError:
+        text = safeio.read_regular(record_file, limit=safeio.limit_for("record"), what="RECORD").decode(
+            "utf-8", errors="replace")
+    except safeio.Missing:
+        return 0
+    except (OSError, ReprotrainError) as exc:  # a directory named RECORD, a FIFO, too large: say so
+        reason = exc.message if isinstance(exc, ReprotrainError) else (exc.strerror or type(exc).__name__)
+        diffs.append(Difference("file-modified", "pip", record.name, detail=f"RECORD: unreadable ({reason})"))
         return 0
     site = record.dist_info.parent
     checked = 0
-    for line in lines:
-        parts = line.rsplit(",", 2)
-        if len(parts) != 3 or not parts[1].startswith("sha256="):
+    # RECORD is CSV (PEP 376): a path with a comma is quoted, so split with the csv module, never on commas.
+    for row in csv.reader(text.splitlines()):
+        if len(row) != 3 or not row[1].startswith("sha256="):
             continue  # RECORD itself, and .pyc files pip compiled, carry no hash
-        rel, hash_field = parts[0], parts[1]
+        rel, hash_field = row[0], row[1]
         padded = hash_field[len("sha256="):] + "=" * (-len(hash_field[len("sha256="):]) % 4)
         try:
             expected = base64.urlsafe_b64decode(padded).hex()
@@ -209,7 +235,7 @@ def _check_record_file(record: PipRecord, diffs: list[Difference]) -> int:
             diffs.append(Difference("file-modified", "pip", record.name, detail=f"{rel}: unreadable RECORD hash"))
             continue
         checked += 1
-        diff = _check_file((site / rel).resolve(), expected, "pip", record.name, rel)
+        diff = _check_file(site / rel, expected, "pip", record.name, rel, root)
         if diff:
             diffs.append(diff)
     return checked

@@ -9,7 +9,7 @@ import tempfile
 from functools import lru_cache
 from importlib import resources
 
-from reprotrain.errors import InvalidDocumentError
+from reprotrain.errors import InvalidDocumentError, ReprotrainError
 
 SCHEMA_VERSION = 1
 SCHEMA_RESOURCE = "schemas/fingerprint.schema.json"
@@ -27,17 +27,14 @@ def empty_lock_section() -> dict:
 
 
 @lru_cache(maxsize=1)
-def schema() -> dict:
-    """The JSON Schema (draft 2020-12) shipped in the package."""
-    text = resources.files("reprotrain.fingerprint").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
-    return json.loads(text)
+def _schema_text() -> str:
+    return resources.files("reprotrain.fingerprint").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
 
 
 @lru_cache(maxsize=1)
-def _validator():
-    import jsonschema
-
-    return jsonschema.Draft202012Validator(schema())
+def schema() -> dict:
+    """The JSON Schema (draft 2020-12) shipped in the package."""
+    return json.loads(_schema_text())
 
 
 def validate(doc, *, source: str | None = None) -> dict:
@@ -49,23 +46,28 @@ def validate(doc, *, source: str | None = None) -> dict:
     if isinstance(version, int) and not isinstance(version, bool) and version != SCHEMA_VERSION:
         raise InvalidDocumentError(f"fingerprint schema_version {version} is not supported (this reprotrain "
                                    f"reads version {SCHEMA_VERSION})", path=source)
-    import jsonschema
+    from reprotrain import schema as json_schema
 
-    error = jsonschema.exceptions.best_match(_validator().iter_errors(doc))
-    if error is not None:
-        where = ".".join(str(part) for part in error.absolute_path) or "document"
-        raise InvalidDocumentError(f"invalid fingerprint: {where}: {error.message}", path=source)
-    return doc
+    if json_schema.is_valid(_schema_text(), doc):
+        return doc
+    error = json_schema.first_error(schema(), doc, best=True)
+    if error is None:
+        raise InvalidDocumentError("invalid fingerprint: nested too deeply", path=source)
+    where = ".".join(str(part) for part in error.absolute_path) or "document"
+    raise InvalidDocumentError(f"invalid fingerprint: {where}: {error.message}", path=source)
 
 
 def load(path) -> dict:
     """Read and validate the fingerprint at PATH (a JSON file)."""
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as exc:
-        raise InvalidDocumentError(f"cannot read fingerprint: {exc.strerror or exc}", path=path) from exc
+    from reprotrain import safeio
+
+    try:  # a regular file only, at most the fingerprint limit
+        data = safeio.read_regular(path, limit=safeio.LIMITS["fingerprint"], what="fingerprint")
+    except InvalidDocumentError:
+        raise
+    except ReprotrainError as exc:
+        raise InvalidDocumentError(exc.message, path=path) from None
     try:
         doc = json.loads(data.decode("utf-8"))  # decoded here: json.loads(bytes) would guess UTF-16/32
     except UnicodeDecodeError as exc:
@@ -73,6 +75,8 @@ def load(path) -> dict:
     except json.JSONDecodeError as exc:
         raise InvalidDocumentError(f"not a fingerprint: invalid JSON at line {exc.lineno} column {exc.colno}: "
                                    f"{exc.msg}", path=path) from exc
+    except (ValueError, RecursionError) as exc:  # an integer of thousands of digits; nesting deeper than Python's stack
+        raise InvalidDocumentError(f"not a fingerprint: {str(exc).split(';')[0][:120]}", path=path) from None
     return validate(doc, source=path)
 
 

@@ -7,6 +7,7 @@ heavy, so that every rank of a distributed job can afford them at start and resu
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -14,11 +15,12 @@ import site
 import sys
 import sysconfig
 
-# conda and rattler both write conda-meta records pretty-printed with a two-space indent, so a
-# top-level key is exactly `\n  "key": ` while nested keys (paths_data, link) sit deeper. Finding
-# those few keys with bytes.find avoids parsing megabytes of file lists for large packages.
-_TOP_LEVEL_KEYS = ("name", "version", "build", "sha256", "md5")
+from reprotrain import safeio
+from reprotrain.envlock.prefix import read_conda_record  # the one conda-meta header parser (torch-free)
+from reprotrain.errors import ReprotrainError
+
 _NAME_NORMALISE = re.compile(r"[-_.]+")
+
 
 
 def find_conda_prefix(conda_prefix_env: str | None) -> str | None:
@@ -28,56 +30,6 @@ def find_conda_prefix(conda_prefix_env: str | None) -> str | None:
         if candidate and os.path.isdir(os.path.join(candidate, "conda-meta")):
             return os.path.abspath(candidate)
     return None
-
-
-def _top_level_value(data: bytes, key: str):
-    marker = b'\n  "' + key.encode() + b'": '
-    at = data.find(marker)
-    if at < 0:
-        return None
-    start = at + len(marker)
-    end = data.find(b"\n", start)
-    raw = data[start:end if end >= 0 else len(data)].rstrip().rstrip(b",")
-    if len(raw) >= 2 and raw[0] == raw[-1] == 0x22 and b"\\" not in raw and b'"' not in raw[1:-1]:
-        return raw[1:-1].decode("utf-8")  # the common case: a plain string, no JSON escapes to undo
-    return json.loads(raw)
-
-
-def _read_bytes(path: str) -> bytes:
-    # Reading hundreds of small files is syscall-bound: os.open/os.read skips the buffered file object's
-    # extra fstat/seek calls, about a third faster than open().read() on a 300-record prefix.
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-    try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-def read_conda_record(path: str) -> dict:
-    """name, version, build and archive hash of one conda-meta record (raises ValueError if unreadable)."""
-    data = _read_bytes(path)
-    try:
-        record = {key: _top_level_value(data, key) for key in _TOP_LEVEL_KEYS}
-    except ValueError:
-        record = {}
-    if not record.get("name") or not record.get("version") or record.get("build") is None:
-        # Not in the usual two-space layout (hand-written or minified): parse it fully.
-        doc = json.loads(data)
-        if not isinstance(doc, dict):
-            raise ValueError("not a JSON object")
-        record = {key: doc.get(key) for key in _TOP_LEVEL_KEYS}
-    if not isinstance(record.get("name"), str) or not isinstance(record.get("version"), str):
-        raise ValueError("no name or version")
-    sha256, md5 = record.get("sha256"), record.get("md5")
-    return {
-        "name": record["name"],
-        "version": record["version"],
-        "build": str(record.get("build") or ""),
-        "hash": f"sha256:{sha256}" if sha256 else (f"md5:{md5}" if md5 else None),
-    }
 
 
 def conda_packages(prefix: str | None) -> list[dict]:
@@ -122,7 +74,8 @@ def normalise_name(name: str) -> str:
 def _metadata_name_version(path: str) -> tuple[str, str] | None:
     for filename in ("METADATA", "PKG-INFO"):
         try:
-            with open(os.path.join(path, filename), encoding="utf-8", errors="replace") as handle:
+            with io.TextIOWrapper(safeio.open_regular(os.path.join(path, filename), limit=safeio.LIMITS["record"],
+                                                      what=filename), encoding="utf-8", errors="replace") as handle:
                 name = version = None
                 for line in handle:
                     if not line.strip():
@@ -133,7 +86,7 @@ def _metadata_name_version(path: str) -> tuple[str, str] | None:
                         version = line[8:].strip()
                 if name and version:
                     return name, version
-        except OSError:
+        except (OSError, ReprotrainError):  # missing, or not a regular file: not a readable distribution
             continue
     return None
 

@@ -69,6 +69,7 @@ class Difference:
 @dataclass
 class Comparison:
     differences: list[Difference] = field(default_factory=list)
+    flag: str = "--on-mismatch"  # the command's flag that overrides every severity (train: --on-env-mismatch)
 
     @property
     def refused(self) -> bool:
@@ -97,7 +98,7 @@ class Comparison:
         if not refused:
             return ""
         entries = ", ".join(f"`{name}: warn`" for name in refused)
-        return f"--on-mismatch warn, or a policy file with {entries}"
+        return f"{self.flag} warn, or a policy file with {entries}"
 
 
 def show_value(value) -> str:
@@ -130,29 +131,34 @@ class Policy:
     the global ``on_mismatch`` override."""
 
     def __init__(self, overrides: dict[str, str] | None = None, on_mismatch: str | None = None,
-                 source: str | None = None):
+                 source: str | None = None, *, flag: str = "--on-mismatch"):
         if on_mismatch is not None and on_mismatch not in ON_MISMATCH:
-            raise ReprotrainError(f"--on-mismatch must be one of {', '.join(ON_MISMATCH)}, not {on_mismatch!r}")
+            raise ReprotrainError(f"{flag} must be one of {', '.join(ON_MISMATCH)}, not {on_mismatch!r}")
         self.overrides = dict(overrides or {})
         self.on_mismatch = on_mismatch
         self.source = source
+        self.flag = flag  # how the command spells on_mismatch (messages and hints name it)
 
     @classmethod
-    def load(cls, path: str | os.PathLike | None = None, on_mismatch: str | None = None) -> "Policy":
-        """The policy in PATH (YAML or JSON mapping of field or glob -> refuse|warn|info|ignore), if any."""
+    def load(cls, path: str | os.PathLike | None = None, on_mismatch: str | None = None, *,
+             flag: str = "--on-mismatch") -> "Policy":
+        """The policy in PATH (YAML or JSON mapping of field or glob -> refuse|warn|info|ignore), if any.
+
+        ``flag``: the option that sets ``on_mismatch`` in the calling command, named in messages and hints.
+        """
         if path is None:
-            return cls(on_mismatch=on_mismatch)
+            return cls(on_mismatch=on_mismatch, flag=flag)
         path = os.fspath(path)
-        try:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InvalidDocumentError(f"cannot read policy file: {getattr(exc, 'strerror', None) or exc}",
-                                       path=path) from exc
+        from reprotrain import safeio
+
+        try:  # a regular file only, at most the policy limit
+            text = safeio.read_text(path, limit=safeio.LIMITS["policy"], what="policy file")
+        except ReprotrainError as exc:
+            raise InvalidDocumentError(exc.message, path=path) from None
         import yaml
 
         try:
-            doc = yaml.safe_load(text)  # YAML is a superset of JSON
+            doc = safeio.load_yaml(text)  # YAML is a superset of JSON
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -168,7 +174,7 @@ class Policy:
             if value not in FILE_ACTIONS:
                 raise InvalidDocumentError(f"policy entry `{key}: {value}` must be one of {', '.join(FILE_ACTIONS)}",
                                            path=path)
-        return cls(doc, on_mismatch=on_mismatch, source=path)
+        return cls(doc, on_mismatch=on_mismatch, source=path, flag=flag)
 
     def decide(self, field_name: str, recorded, live) -> tuple[str, str] | None:
         """(severity, rule) for one differing field; None when the policy ignores the field."""
@@ -183,7 +189,7 @@ class Policy:
             severity, rule = self._default(field_name, recorded, live)
         if self.on_mismatch is not None:
             severity = {"refuse": "refuse", "warn": "warn", "ignore": "info"}[self.on_mismatch]
-            rule = f"--on-mismatch {self.on_mismatch} (was: {rule})"
+            rule = f"{self.flag} {self.on_mismatch} (was: {rule})"
         return severity, rule
 
     @staticmethod
@@ -248,4 +254,4 @@ def compare(recorded: dict, live: dict, policy: Policy | None = None) -> Compari
         decided = policy.decide(name, a, b)
         if decided is not None:
             differences.append(Difference(name, a, b, *decided))
-    return Comparison(differences)
+    return Comparison(differences, flag=policy.flag)

@@ -1,25 +1,28 @@
 """`reprotrain report`: one self-contained HTML page (inline SVG, no scripts from anywhere) about a run.
 
-Sources: the run directory's metrics.jsonl (loss per step, validation metrics per epoch, start/resume lines)
-and the newest valid checkpoint's manifest (lineage segments, environments). The PNG is a screenshot of
-the page taken by headless Chromium.
+Sources: the run directory's metrics.jsonl (loss per step, validation metrics per epoch, start/resume lines),
+written by the bundled loop or by a CheckpointManager in your own loop (the metrics given to step_done), and the
+newest valid checkpoint's manifest (lineage segments, environments). Without metrics.jsonl the curves come from
+the metrics recorded in the checkpoints' manifests, and the report says so. The PNG draws the same charts
+with matplotlib (the `png` extra); no browser is needed. `find_chromium()` remains for the tests that check
+the HTML in a real browser.
 """
 
 from __future__ import annotations
 
 import html
 import json
+import math
 import os
 import shutil
-import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from reprotrain.checkpoint import reader, store
-from reprotrain.errors import ReprotrainError
+from reprotrain.checkpoint import store
+from reprotrain.checkpoint.location import Location
+from reprotrain.checkpoint.storage.base import METRICS_FILE
+from reprotrain.errors import ReprotrainError, os_error_message
 
-METRICS_FILE = "metrics.jsonl"
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e")
 
@@ -33,38 +36,85 @@ class RunHistory:
     markers: list[dict] = field(default_factory=list)                  # {step, kind, label}
     env_changes: list[dict] = field(default_factory=list)               # {segment, differences: [...]}
     run_id: str | None = None
+    notes: list[str] = field(default_factory=list)                      # what the report could not show
 
     def to_dict(self) -> dict:
         return {"run_dir": self.run_dir, "run_id": self.run_id, "steps": len(self.steps),
                 "metrics": sorted(self.epochs), "lineage": self.lineage, "markers": self.markers,
-                "environment_changes": self.env_changes}
+                "environment_changes": self.env_changes, "notes": self.notes}
 
 
-def _read_metrics(run_dir) -> list[dict]:
-    location = reader.as_location(run_dir) / METRICS_FILE
+_NOT_METRICS = frozenset({"kind", "time", "epoch", "step", "batch", "samples_seen", "samples_per_s", "world_size"})
+_LINE_LIMIT = 1 << 20  # safeio.LIMITS["metrics-line"]
+
+
+def _read_metrics(run_dir) -> list[dict] | None:
+    """The records of metrics.jsonl; None when the run directory has none."""
+    location = Location.of(run_dir) / METRICS_FILE
     try:
-        if reader.is_url(location):
-            import fsspec
+        if location.is_local:
+            from reprotrain import safeio
 
-            with fsspec.open(location, "rt", encoding="utf-8") as f:
-                text = f.read()
+            if not os.path.lexists(location.path):
+                raise FileNotFoundError(location.path)
+            # A regular file only (a FIFO named metrics.jsonl must not hang the report), at most the metrics limit;
+            # decoded line by line, so that a bad line is named.
+            data = safeio.read_regular(location.path, limit=safeio.LIMITS["metrics"], what=METRICS_FILE)
         else:
-            text = Path(location).read_text(encoding="utf-8")
+            data = location.read_bytes()
     except FileNotFoundError:
-        raise ReprotrainError(f"no {METRICS_FILE}: not a reprotrain run directory", path=run_dir) from None
-    except OSError as exc:
-        raise ReprotrainError(f"cannot read {METRICS_FILE}: {exc}", path=run_dir) from None
+        return None
+    except (OSError, ValueError) as exc:
+        raise ReprotrainError(f"cannot read {METRICS_FILE}: {os_error_message(exc)}", path=run_dir) from None
     records = []
-    for number, line in enumerate(text.splitlines(), 1):
+    lines = data.split(b"\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    for number, line in enumerate(lines, 1):
+        if len(line) > _LINE_LIMIT:
+            raise ReprotrainError(f"{METRICS_FILE} line {number} is longer than {_LINE_LIMIT} bytes", path=run_dir)
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except ValueError:
-            if number == len(text.splitlines()):
+            record = _parse_line(line)
+        except ValueError as exc:
+            if number == len(lines):
                 continue  # a line cut by a crash mid-write
-            raise ReprotrainError(f"{METRICS_FILE} line {number} is not JSON", path=run_dir) from None
+            raise ReprotrainError(f"{METRICS_FILE} line {number} {exc}", path=run_dir) from None
+        records.append(record)
     return records
+
+
+def _parse_line(line: bytes) -> dict:
+    """One metrics.jsonl record; ValueError saying what is wrong with the line."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError("is not UTF-8") from None
+    try:
+        record = json.loads(text)
+    except RecursionError:
+        raise ValueError("is nested too deeply") from None
+    except ValueError:
+        raise ValueError("is not JSON") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"is not a JSON object (got {type(record).__name__})")
+    return record
+
+
+def _number(value) -> float | None:
+    """A finite number from a record, else None (bools, strings, NaN, infinities and overflowing ints do not plot)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _step(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63 else None
 
 
 def collect(run_dir: str | os.PathLike) -> RunHistory:
@@ -72,15 +122,48 @@ def collect(run_dir: str | os.PathLike) -> RunHistory:
     from reprotrain import fingerprint as fp
 
     history = RunHistory(os.fspath(run_dir))
-    for record in _read_metrics(run_dir):
-        kind, step = record.get("kind"), record.get("step")
-        if kind == "step" and isinstance(step, int) and isinstance(record.get("loss"), (int, float)):
-            history.steps[step] = float(record["loss"])  # a resumed run re-logs steps: the later value counts
-        elif kind == "epoch" and isinstance(step, int):
+    records = _read_metrics(run_dir)
+    if records is None and Location.of(run_dir).is_local and not os.path.isdir(Location.of(run_dir).path):
+        raise ReprotrainError("no such run directory", path=run_dir)
+    every = store.list_checkpoints(run_dir)
+    entries = [e for e in every if e.valid]
+    if records is None and not entries:
+        if every:
+            problems = "; ".join(f"{e.path.name}: {e.problem}" for e in every[:3]) + ("; ..." if len(every) > 3 else "")
+            found = f"{len(every)} checkpoint file(s), none valid ({problems})"
+        else:
+            found = "no checkpoint files"
+        raise ReprotrainError(f"nothing to report: no {METRICS_FILE} and no valid checkpoint ({found}); a run "
+                              "directory written by `reprotrain train` or a CheckpointManager has both", path=run_dir)
+    for record in records or []:
+        kind, step = record.get("kind"), _step(record.get("step"))
+        if kind == "step" and step is not None:
             for name, value in record.items():
-                if name not in ("kind", "time", "epoch", "step") and isinstance(value, (int, float)):
-                    history.epochs.setdefault(name, {})[step] = float(value)
-    entries = [e for e in store.list_checkpoints(run_dir) if e.valid]
+                value = _number(value)
+                if value is None or name in _NOT_METRICS:
+                    continue
+                if name == "loss":
+                    history.steps[step] = value  # a resumed run re-logs steps: the later value counts
+                else:
+                    history.epochs.setdefault(name, {})[step] = value
+        elif kind == "epoch" and step is not None:
+            for name, value in record.items():
+                if name not in _NOT_METRICS and _number(value) is not None:
+                    history.epochs.setdefault(name, {})[step] = _number(value)
+    if records is None:
+        newest_run = entries[-1].info.manifest["run_id"]
+        kept = [e.info.manifest for e in entries if e.info.manifest["run_id"] == newest_run]
+        for manifest in kept:
+            for name, value in (manifest.get("metrics") or {}).items():
+                if _number(value) is not None:
+                    target = history.steps if name == "loss" else history.epochs.setdefault(name, {})
+                    target[manifest["step"]] = _number(value)
+        history.notes.append(f"no {METRICS_FILE} in this run directory: the curves show only the metrics recorded "
+                             f"in the {len(kept)} checkpoint(s) that retention kept (pass metrics to step_done, or "
+                             f"keep the CheckpointManager's write_metrics on, for every step)")
+    elif not history.steps and not history.epochs:
+        history.notes.append(f"{METRICS_FILE} holds no metric values: pass metrics={{...}} to step_done "
+                             "(e.g. {'loss': loss.item()}) to get curves")
     if entries:
         manifest = entries[-1].info.manifest
         history.run_id = manifest["run_id"]
@@ -178,6 +261,7 @@ def render_html(history: RunHistory) -> str:
 <h1>Run report</h1>
 <p>run directory <code>{esc(history.run_dir)}</code>, run id <code>{esc(history.run_id or '-')}</code>,
 {len(history.lineage)} lineage segment(s), {len(history.steps)} logged steps</p>
+{''.join(f'<p class="note">{esc(note)}</p>' for note in history.notes)}
 <p class="key"><span style="color:#d62728">- - stopped (interrupted, preempted, lost, error)</span>
 <span style="color:#2ca02c">- - resumed</span><span style="color:#ff7f0e">— — environment changed</span></p>
 {''.join(f'<div class="chart">{c}</div>' for c in charts)}
@@ -198,23 +282,44 @@ def find_chromium() -> str | None:
     return None
 
 
-def screenshot(html_path: str | os.PathLike, png_path: str | os.PathLike, *, width: int = 1000) -> None:
-    """Render the page with headless Chromium and save a PNG of it."""
-    chromium = find_chromium()
-    if chromium is None:
-        raise ReprotrainError("--png needs Chromium (apt-get install chromium); none found on PATH", path=png_path)
-    height = 700 + 300 * Path(html_path).read_text(encoding="utf-8").count("<svg")
-    with tempfile.TemporaryDirectory(prefix="reprotrain-chromium-") as profile:
-        cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-               f"--user-data-dir={profile}", f"--window-size={width},{height}",
-               f"--screenshot={os.path.abspath(png_path)}", Path(html_path).resolve().as_uri()]
-        try:
-            result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        except subprocess.TimeoutExpired:
-            raise ReprotrainError("Chromium did not finish the screenshot in 120 s", path=png_path) from None
-    if result.returncode != 0 or not Path(png_path).is_file():
-        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise ReprotrainError(f"Chromium failed to take the screenshot: {last}", path=png_path)
+_MARKER_COLORS = {"stop": "#d62728", "resume": "#2ca02c", "env": "#ff7f0e"}
+
+
+def render_png(history: RunHistory, png_path: str | os.PathLike, *, width_px: int = 1000) -> None:
+    """Draw the report's charts (training loss, each validation metric, the interruption/resume/environment
+    markers) and the lineage summary with matplotlib into a PNG. No browser: the `png` extra."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=True)  # no display, no GUI toolkit
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ReprotrainError("--png needs matplotlib: pip install 'reprotrain[png]'", path=png_path) from None
+    charts = [("training loss", history.steps)] + sorted(history.epochs.items())
+    dpi = 100
+    figure = Figure(figsize=(width_px / dpi, 1.2 + 2.8 * len(charts)), dpi=dpi)
+    title = f"reprotrain run {history.run_id or ''}".strip() + f" - {len(history.lineage)} segment(s)"
+    figure.suptitle(title, fontsize=12, fontweight="bold")
+    for index, (name, values) in enumerate(charts):
+        axes = figure.add_subplot(len(charts), 1, index + 1)
+        ordered = sorted(values.items())
+        if ordered:
+            axes.plot([s for s, _ in ordered], [v for _, v in ordered], color=_COLORS[index % len(_COLORS)],
+                      linewidth=1.5, marker="o" if len(ordered) < 40 else None, markersize=3, label=name)
+        for marker in history.markers:
+            axes.axvline(marker["step"], color=_MARKER_COLORS[marker["kind"]], linewidth=1.2,
+                         linestyle=(0, (6, 3)) if marker["kind"] == "env" else (0, (3, 3)))
+        axes.set_title(name, fontsize=10, loc="left")
+        axes.set_xlabel("step", fontsize=9)
+        axes.tick_params(labelsize=8)
+        axes.grid(alpha=0.3)
+        if not ordered:
+            axes.text(0.5, 0.5, "no data", transform=axes.transAxes, ha="center", color="#888888")
+    figure.tight_layout(rect=(0, 0, 1, 0.97))
+    try:
+        figure.savefig(os.fspath(png_path), format="png", dpi=dpi, facecolor="white")
+    except OSError as exc:
+        raise ReprotrainError(f"cannot write the PNG: {exc.strerror or exc}", path=png_path) from None
 
 
 def write_report(run_dir: str | os.PathLike, output: str | os.PathLike = "report.html",
@@ -223,7 +328,7 @@ def write_report(run_dir: str | os.PathLike, output: str | os.PathLike = "report
     try:
         Path(output).write_text(render_html(history), encoding="utf-8")
     except OSError as exc:
-        raise ReprotrainError(f"cannot write the report: {exc.strerror or exc}", path=output) from None
+        raise ReprotrainError(f"cannot write the report: {os_error_message(exc)}", path=output) from None
     if png is not None:
-        screenshot(output, png)
+        render_png(history, png)
     return history

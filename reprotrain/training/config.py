@@ -2,11 +2,16 @@
 
 The resolved config is stored in every checkpoint. On resume the recorded config is the base, so running the
 same short command again continues the same run; options given explicitly are compared with the recorded ones.
+
+A checkpoint never chooses code: the fields that name code to import or build (CODE_FIELDS) come only from the
+command line, the config file or the defaults. A recorded value that differs is a config change (refused: it
+changes the model), reported before anything it names is imported.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field, fields
 
@@ -15,6 +20,13 @@ from reprotrain.errors import ReprotrainError
 # Changing any of these between segments changes parameter shapes, the data or the data order: a resumed run
 # would no longer be the run that was started, so resuming with a different value is refused.
 SHAPE_OR_DATA_FIELDS = ("task", "model", "data_dir", "batch_size", "seed")
+# Fields naming code (`task` may be module:function, imported; `model` picks a constructor): never read from a
+# checkpoint, whose config is input like any file.
+CODE_FIELDS = ("task", "model")
+# Upper bounds keep a hostile or mistyped value from reaching torch as an absurd size (one line, exit 2).
+_INT_LIMITS = {"epochs": (1, 10**9), "batch_size": (1, 2**31 - 1), "log_every": (1, 2**31 - 1), "threads": (1, 4096),
+               "num_workers": (0, 4096), "keep_last": (0, 10**6), "keep_best": (0, 10**6), "keep_every": (1, 10**9),
+               "seed": (-(2**63), 2**64 - 1), "sigterm_exit_code": (1, 255)}
 
 
 @dataclass
@@ -31,6 +43,9 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     device: str = "auto"                 # auto | cpu | cuda | cuda:N | mps
+    # Under torchrun: ddp (DistributedDataParallel, rank 0 writes one .pth) or fsdp (FSDP2 fully_shard, every rank
+    # writes its shards into one sharded .dcp checkpoint; docs/distributed.md). Ignored by a single process.
+    strategy: str = "ddp"
     # CPU intra-op threads. Fixed rather than "all cores": CPU reductions can round differently with another
     # thread count, and a small model on a busy machine runs many times slower with threads competing for cores.
     threads: int = 1
@@ -47,6 +62,10 @@ class TrainConfig:
     # so that credentials in it never reach a checkpoint.
     mlflow: bool = False
     mlflow_experiment: str = "reprotrain"
+    # Weights & Biases tracking (optional extra). Credentials come from W&B's own login or environment, never
+    # from the config.
+    wandb: bool = False
+    wandb_project: str = "reprotrain"
     extra: dict = field(default_factory=dict)  # free-form options passed through to user tasks
 
     def to_dict(self) -> dict:
@@ -90,29 +109,49 @@ def _coerce(name: str, value, source: str):
         raise ReprotrainError(f"{name}: expected {kind}, got {value!r}", path=source) from None
 
 
-def _validate(cfg: TrainConfig, source: str) -> TrainConfig:
-    for name in ("epochs", "batch_size", "log_every", "threads"):
-        if getattr(cfg, name) < 1:
-            raise ReprotrainError(f"{name} must be at least 1, got {getattr(cfg, name)}", path=source)
-    for name in ("num_workers", "keep_last", "keep_best"):
-        if getattr(cfg, name) < 0:
-            raise ReprotrainError(f"{name} must not be negative, got {getattr(cfg, name)}", path=source)
-    if cfg.lr <= 0:
-        raise ReprotrainError(f"lr must be positive, got {cfg.lr}", path=source)
-    if not 1 <= cfg.sigterm_exit_code <= 255:
-        raise ReprotrainError(f"sigterm_exit_code must be 1..255, got {cfg.sigterm_exit_code}", path=source)
+def _validate(cfg: TrainConfig, source) -> TrainConfig:
+    """Ranges and finiteness; ``source`` is a path, or a function naming where a field's value came from."""
+    where = source if callable(source) else (lambda name: source)
+    for name, (low, high) in _INT_LIMITS.items():
+        value = getattr(cfg, name)
+        if value is None:  # keep_every: off
+            continue
+        if value < low:
+            rule = "must not be negative" if low == 0 else f"must be at least {low}"
+            raise ReprotrainError(f"{name} {rule}, got {value}", path=where(name))
+        if value > high:
+            raise ReprotrainError(f"{name} must be at most {high}, got {value}", path=where(name))
+    if cfg.strategy not in ("ddp", "fsdp"):
+        raise ReprotrainError(f"strategy must be ddp or fsdp, got {cfg.strategy!r}", path=where("strategy"))
+    if not math.isfinite(cfg.lr) or cfg.lr <= 0:
+        raise ReprotrainError(f"lr must be a positive finite number, got {cfg.lr}", path=where("lr"))
+    _check_finite(cfg.extra, "extra", where("extra"))
     return cfg
+
+
+def _check_finite(value, where: str, source: str) -> None:
+    """NaN and infinities are refused in free-form options too (JSON, metrics.jsonl and manifests cannot hold them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ReprotrainError(f"{where} is {value}: non-finite numbers are not accepted", path=source)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(item, f"{where}.{key}", source)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _check_finite(item, f"{where}[{index}]", source)
 
 
 def load_config_file(path: str | os.PathLike) -> dict:
     """Read a YAML config file into {field: value}; keys may use `-` or `_`. Unknown keys are an error."""
     import yaml
 
+    from reprotrain import safeio
+
+    text = safeio.read_text(path, limit=safeio.LIMITS["config"], what="config file")  # regular files only
     try:
-        with open(path, encoding="utf-8") as fh:
-            doc = yaml.safe_load(fh)
-    except OSError as exc:
-        raise ReprotrainError(f"cannot read config file: {exc.strerror}", path=path) from None
+        doc = safeio.load_yaml(text)
+    except RecursionError:
+        raise ReprotrainError("not valid YAML (nested too deeply)", path=path) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -132,19 +171,33 @@ def load_config_file(path: str | os.PathLike) -> dict:
 
 
 def resolve(base: dict | None = None, *, file: str | os.PathLike | None = None,
-            options: dict | None = None) -> TrainConfig:
-    """Build the config: `base` (defaults, or the recorded config on resume) < `file` < explicit `options`."""
+            options: dict | None = None, recorded_source: str = "recorded config") -> TrainConfig:
+    """Build the config: `base` (defaults, or the recorded config on resume) < `file` < explicit `options`.
+
+    `base` is input (a checkpoint's config): its values are checked like any other (exit 2 naming
+    `recorded_source`), and its CODE_FIELDS are never used.
+    """
     merged = TrainConfig().to_dict()
+    if base is not None and not isinstance(base, dict):
+        raise ReprotrainError("recorded config is not a mapping", path=recorded_source)
     for name, value in (base or {}).items():
-        if name in _FIELDS:  # a recorded config from a newer version may carry fields this one does not know
-            merged[name] = _coerce(name, value, "recorded config")
+        # A recorded config from a newer version may carry fields this one does not know.
+        if name in _FIELDS and name not in CODE_FIELDS:
+            merged[name] = _coerce(name, value, recorded_source)
+    if base is not None:
+        _validate(TrainConfig(**merged), recorded_source)
+    sources: dict[str, str] = {}
     if file is not None:
-        merged.update(load_config_file(file))
+        from_file = load_config_file(file)
+        merged.update(from_file)
+        sources.update(dict.fromkeys(from_file, os.fspath(file)))
     for name, value in (options or {}).items():
         if name not in _FIELDS:
             raise ReprotrainError(f"unknown training option {name!r}")
-        merged[name] = _coerce(name, value, "--" + name.replace("_", "-"))
-    return _validate(TrainConfig(**merged), os.fspath(file) if file is not None else "options")
+        flag = "--" + name.replace("_", "-")
+        merged[name] = _coerce(name, value, flag)
+        sources[name] = flag
+    return _validate(TrainConfig(**merged), lambda name: sources.get(name, "options"))
 
 
 def config_changes(recorded: dict, live: TrainConfig) -> list[tuple[str, object, object]]:
@@ -158,6 +211,15 @@ def check_resume_config(recorded: dict, live: TrainConfig, *, checkpoint: str) -
     """Refuse a resume whose config changes shapes, data or data order; return messages for allowed changes."""
     changes = config_changes(recorded, live)
     refused = [c for c in changes if c[0] in SHAPE_OR_DATA_FIELDS]
+    code = [name for name, _, _ in refused if name in CODE_FIELDS]
+    if code:
+        detail = "; ".join(f"{name}: {old!r} -> {new!r}" for name, old, new in refused)
+        flags = " and ".join(f"--{name}" for name in code)
+        raise ReprotrainError(
+            f"config change refused on resume ({detail}): code locations ({', '.join(CODE_FIELDS)}) come only from "
+            f"the command line or --config, never from a checkpoint; to continue this run, give the {flags} it was "
+            "started with (only if you trust that code), or start a new run with --fresh",
+            path=checkpoint, exit_code=1)
     if refused:
         detail = "; ".join(f"{name}: {old!r} -> {new!r}" for name, old, new in refused)
         raise ReprotrainError(

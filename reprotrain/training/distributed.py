@@ -152,7 +152,7 @@ class Group:
         """Rank 0 picks the checkpoint (the newest valid one, or PATH); every rank loads that same file, each under
         the policy against its own fingerprint. A refusal on any rank stops every rank."""
         info = self.together(lambda: mgr.resume(path=path, required=required) if self.is_writer else None, path=where)
-        chosen = self.gather(os.fspath(info.path) if info is not None else None)[0]
+        chosen = self.gather(str(info.path) if info is not None else None)[0]
         return self.together(lambda: info if self.is_writer else (mgr.resume(path=chosen) if chosen else None),
                              path=where)
 
@@ -163,6 +163,23 @@ class Group:
         if device.type == "cuda":
             return DistributedDataParallel(model, device_ids=[device.index])
         return DistributedDataParallel(model)
+
+    def shard(self, task, device: torch.device) -> None:
+        """FSDP2: shard every direct child module that has parameters, then the root (fully_shard in place). The
+        task's optimizer was built on the unsharded parameters: its parameter groups are pointed at the sharded ones
+        (its state is still empty; resume loads it through torch.distributed.checkpoint)."""
+        from torch.distributed.fsdp import fully_shard
+
+        model = task.model
+        names = {id(p): n for n, p in model.named_parameters()}
+        for child in model.children():
+            if any(True for _ in child.parameters()):
+                fully_shard(child)
+        fully_shard(model)
+        sharded = dict(model.named_parameters())
+        if task.optimizer is not None:
+            for group in task.optimizer.param_groups:
+                group["params"] = [sharded[names[id(p)]] for p in group["params"]]
 
     def stop_on_sigterm_after_save(self) -> None:
         """After the interrupted checkpoint: torchrun sends SIGTERM to the ranks still running when one exits; the

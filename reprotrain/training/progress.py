@@ -2,31 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import sys
-import time
 
-
-class MetricsLog:
-    """Append-only JSON lines; each line is flushed at once so a crash loses nothing already written.
-
-    A resumed run appends a `resume` line; step lines after the resumed step are the ones that count.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = os.fspath(path)
-        self._fh = open(self.path, "a", encoding="utf-8")
-
-    def write(self, kind: str, **fields) -> None:
-        record = {"kind": kind, "time": round(time.time(), 3)}
-        record.update({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in fields.items()})
-        self._fh.write(json.dumps(record) + "\n")
-        self._fh.flush()
-
-    def close(self) -> None:
-        self._fh.close()
+from reprotrain.checkpoint.metrics import MetricsLog  # noqa: F401 (re-exported: the loop writes it)
 
 
 class Progress:

@@ -2,7 +2,8 @@
 
 A task factory takes the resolved TrainConfig and returns a Task. Built-ins:
 
-- `digits` (the default): scikit-learn's bundled 8x8 handwritten digits, no download, fixed 80/20 split;
+- `digits` (the default): the 8x8 handwritten digits shipped in `data/` (UCI optdigits via scikit-learn), no
+  download, fixed 80/20 split;
 - `mnist`, `fashionmnist`, `cifar10`: torchvision datasets under `data_dir` (`download` fetches them);
 - `imagefolder`: `data_dir/train/<class>/*` and `data_dir/val/<class>/*`.
 
@@ -78,27 +79,24 @@ def _classification_task(cfg: TrainConfig, train_data, val_data, in_channels: in
                 train_data=train_data, val_data=val_data, loss=nn.CrossEntropyLoss())
 
 
+DIGITS_CSV = Path(__file__).with_name("data") / "digits.csv.gz"
+
+
 def digits_arrays() -> tuple[torch.Tensor, torch.Tensor]:
-    """The 1797 digits (images N x 8 x 8 with values 0..16, labels) from the CSV scikit-learn ships.
+    """The 1797 digits (images N x 8 x 8 with values 0..16, labels) shipped with reprotrain.
 
-    This is the file `sklearn.datasets.load_digits` parses; reading it directly avoids importing
-    sklearn.datasets (and scipy with it), which costs seconds at every start of `reprotrain train`.
+    `data/digits.csv.gz` is scikit-learn's copy of the UCI optdigits test set (origin and BSD-3-Clause
+    licence in `data/README.md`): the file `sklearn.datasets.load_digits` parses, without scikit-learn.
     """
-    import importlib.util
-
-    spec = importlib.util.find_spec("sklearn")
-    if spec is None:
-        raise ReprotrainError("the digits task needs scikit-learn (pip install scikit-learn)", path="--task")
-    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
     try:
-        table = torch.from_numpy(np.loadtxt(path, delimiter=","))
-    except OSError as exc:
-        raise ReprotrainError(f"scikit-learn's digits data is unreadable: {exc}", path=path) from None
-    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].long()
+        table = torch.from_numpy(np.loadtxt(DIGITS_CSV, delimiter=",", dtype=np.int64))
+    except (OSError, ValueError) as exc:
+        raise ReprotrainError(f"the bundled digits data is unreadable: {exc}", path=DIGITS_CSV) from None
+    return table[:, :-1].reshape(-1, 8, 8).double(), table[:, -1]
 
 
 def digits(cfg: TrainConfig) -> Task:
-    """scikit-learn's 1797 bundled 8x8 digit images, scaled to [0, 1]: trains offline in seconds."""
+    """The 1797 bundled 8x8 digit images, scaled to [0, 1]: trains offline in seconds."""
     raw_images, labels = digits_arrays()
     images = raw_images.float().unsqueeze(1) / 16.0
     channels = 3 if cfg.model != "cnn" else 1  # torchvision models expect RGB input
@@ -182,6 +180,9 @@ def load_task_factory(spec: str) -> Callable[[TrainConfig], Task]:
         raise ReprotrainError(f"unknown task {spec!r}: use one of {', '.join(BUILTIN_TASKS)} or module:function",
                               path="--task")
     module_name, _, func_name = spec.partition(":")
+    if not all(part.isidentifier() for part in module_name.split(".")) or not func_name.isidentifier():
+        raise ReprotrainError(f"not a task: {spec!r}: use module:function (a dotted module name, a function name)",
+                              path="--task")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -194,7 +195,16 @@ def load_task_factory(spec: str) -> Callable[[TrainConfig], Task]:
 
 def build_task(cfg: TrainConfig) -> Task:
     """Call the task factory and check what it returned (a Task, or a mapping with Task's field names)."""
-    result = load_task_factory(cfg.task)(cfg)
+    factory = load_task_factory(cfg.task)
+    try:
+        result = factory(cfg)
+    except ReprotrainError:
+        raise
+    except Exception as exc:  # a name that is not a task factory (`os:system`), or a factory that failed
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ReprotrainError(f"task {cfg.task!r} failed while building the task: {type(exc).__name__}"
+                              + (f": {first}" if first else "") + " (call it yourself to see the traceback)",
+                              path="--task") from exc
     if isinstance(result, dict):
         unknown = set(result) - {"model", "optimizer", "train_data", "val_data", "loss", "scheduler"}
         missing = {"model", "optimizer", "train_data", "loss"} - set(result)

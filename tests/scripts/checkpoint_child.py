@@ -21,7 +21,7 @@ torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(64, 512), torch.nn.ReLU(), torch.nn.Linear(512, 10))
 optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
 policy = "steps:1" if mode == "loop" else "never"
-mgr = CheckpointManager(run_dir, model, optimizer, save_policy=policy, retention=RetentionPolicy(keep_last=2),
+mgr = CheckpointManager(run_dir, model, optimizer, save_policy=policy, retention=RetentionPolicy(keep_last=2), quiet=True,
                         log=lambda m: print(m, file=sys.stderr, flush=True))
 info = mgr.resume()
 step = info.step if info else 0

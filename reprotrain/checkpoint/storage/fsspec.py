@@ -1,4 +1,4 @@
-"""Run directories on object stores (any fsspec URL: s3://, gs://, oss://, ...): commit without rename.
+"""Run directories on object stores (any fsspec URL: s3://, gs://, az://, memory://, ...): commit without rename.
 
 Layout under the run URL:
 
@@ -8,7 +8,9 @@ Layout under the run URL:
   partial object. Retention deletes the pointer first, then the object. A checkpoint object without a pointer
   (a crash between the two writes) is removed by the next writer at start;
 * ``metrics.jsonl``: mirrored from a local folder and uploaded whole after every commit and at stop;
-* ``.reprotrain.lease``: the writer lease (object stores have no flock; semantics in docs/storage.md).
+* ``.reprotrain.lease``: the writer lease (object stores have no flock; semantics in docs/storage.md). It is
+  created with a conditional create (S3 ``If-None-Match: *``, fsspec ``mode="create"``) where the store supports
+  it, so two writers starting together cannot both win; elsewhere a read-back after a short wait decides.
 
 Staging mode (``staging_dir``, or ``REPROTRAIN_STAGING_DIR``): checkpoints are committed to a local folder at
 local-disk speed and uploaded by a background thread, in commit order; remote deletions queue behind uploads,
@@ -22,6 +24,7 @@ fsspec; this module never reads, logs or stores them.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import queue
@@ -34,14 +37,16 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from reprotrain.checkpoint import store
-from reprotrain.checkpoint.reader import ObjectURL
+from reprotrain.checkpoint.location import Location
+from reprotrain.checkpoint.storage.base import (CHECKPOINT_SUFFIX, METRICS_FILE, Entry, RunDirectoryBusy, read_entry,
+                                                sort_entries)
+from reprotrain.checkpoint.storage.local import RunDirectory
 from reprotrain.errors import ReprotrainError
 
 POINTER_SUFFIX = ".committed"
 POINTER_FORMAT = "reprotrain-commit/1"
 LEASE_NAME = ".reprotrain.lease"
-MIRRORED_FILES = ("metrics.jsonl",)
+MIRRORED_FILES = (METRICS_FILE,)
 UPLOAD_STATUS_FILE = "upload-status.json"
 DEFAULT_PART_SIZE = 64 << 20
 STAGING_ENV = "REPROTRAIN_STAGING_DIR"
@@ -82,17 +87,19 @@ class _HashingWriter:
 
 
 class ObjectRunDirectory:
-    """A run directory at an fsspec URL, with the interface of `reprotrain.checkpoint.store.RunDirectory`."""
+    """A run directory at an fsspec URL: the `reprotrain.checkpoint.storage.RunStorage` interface."""
 
-    def __init__(self, url: str, *, staging_dir: str | os.PathLike | None = None, storage_options: dict | None = None,
+    def __init__(self, url: "str | Location", *, staging_dir: str | os.PathLike | None = None, storage_options: dict | None = None,
                  log: Callable[[str], None] | None = None, part_size: int = DEFAULT_PART_SIZE,
                  lease_ttl_s: float = 120.0, drain_timeout_s: float = 300.0):
         import fsspec
 
-        self.path = ObjectURL(url.rstrip("/"))
+        self.path = Location.of(url)
+        if self.path.is_local:
+            raise ValueError(f"{self.path} is a local path: use reprotrain.checkpoint.storage.open_run_directory")
         self._log = log or (lambda msg: None)
         try:
-            self.fs, root = fsspec.core.url_to_fs(self.path, **(storage_options or {}))
+            self.fs, root = fsspec.core.url_to_fs(self.path.url, **(storage_options or {}))
         except (ImportError, ValueError) as exc:
             raise ObjectStoreError(f"cannot use this URL: {_describe(exc)}", path=self.path) from None
         self.root = root.rstrip("/")
@@ -100,10 +107,10 @@ class ObjectRunDirectory:
         self.lease_ttl_s = lease_ttl_s
         self.drain_timeout_s = drain_timeout_s
         staging_dir = staging_dir if staging_dir is not None else os.environ.get(STAGING_ENV) or None
-        self.staging_dir = (Path(staging_dir) / hashlib.sha256(self.path.encode()).hexdigest()[:16]
+        self.staging_dir = (Path(staging_dir) / hashlib.sha256(self.path.url.encode()).hexdigest()[:16]
                             if staging_dir else None)
         self._mirror_dir: Path | None = self.staging_dir
-        self._local: store.RunDirectory | None = None
+        self._local: RunDirectory | None = None
         self._lease_token: str | None = None
         self._lease_lost = False
         self._stop = threading.Event()
@@ -121,7 +128,7 @@ class ObjectRunDirectory:
     def _network(self, what: str, func, *args, **kwargs):
         try:
             return func(*args, **kwargs)
-        except FileNotFoundError:
+        except (FileNotFoundError, FileExistsError):  # answers, not failures (FileExistsError: a conditional create)
             raise
         except ReprotrainError:
             raise
@@ -155,28 +162,60 @@ class ObjectRunDirectory:
             return _pid_alive(lease["pid"])  # same host: a dead holder frees the lease at once
         return True
 
+    def _lease_doc(self) -> bytes:
+        return json.dumps({"token": self._lease_token, "pid": os.getpid(), "host": socket.gethostname(),
+                           "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                           "expires": time.time() + self.lease_ttl_s}).encode()
+
     def _write_lease(self) -> None:
-        doc = {"token": self._lease_token, "pid": os.getpid(), "host": socket.gethostname(),
-               "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "expires": time.time() + self.lease_ttl_s}
-        self._network("writing the writer lease", self.fs.pipe_file, self._key(LEASE_NAME), json.dumps(doc).encode())
+        self._network("writing the writer lease", self.fs.pipe_file, self._key(LEASE_NAME), self._lease_doc())
+
+    def _create_lease(self) -> bool:
+        """Create the lease only if there is none (S3 If-None-Match, fsspec mode="create").
+
+        True: created atomically, no other writer can hold it. False: this store has no conditional create; the
+        lease was written plainly and the caller must read it back. RunDirectoryBusy: another writer's lease exists.
+        """
+        try:
+            self._network("creating the writer lease", self.fs.pipe_file, self._key(LEASE_NAME), self._lease_doc(),
+                          mode="create")
+            return True
+        except FileExistsError:
+            self._lease_token = None
+            raise RunDirectoryBusy("another writer took the run directory at the same moment; "
+                                   "one writer per run directory", path=self.path) from None
+        except (TypeError, NotImplementedError, ValueError):
+            pass  # a filesystem without mode="create"
+        except ObjectStoreError as exc:
+            if "NotImplemented" not in exc.message and "not implemented" not in exc.message.lower():
+                raise
+        self._write_lease()
+        return False
 
     def _take_lease(self) -> None:
         current = self._read_json(LEASE_NAME)
         if current and self._lease_is_live(current):
-            raise store.RunDirectoryBusy(
+            raise RunDirectoryBusy(
                 f"run directory is in use by another writer (pid {current.get('pid')} on {current.get('host')} since "
                 f"{current.get('since')}, lease valid for {max(0, int(current['expires'] - time.time()))} s more); "
                 "one writer per run directory", path=self.path)
         self._lease_token = secrets.token_hex(8)
-        self._write_lease()
-        # Two writers that both saw a free lease: the later write wins; the read-back tells the earlier one.
+        stale = current is not None or LEASE_NAME in self._listing()
+        if stale:  # expired, its holder gone, or unreadable: remove it so that the create below can succeed
+            try:
+                self._network("removing an expired writer lease", self.fs.rm_file, self._key(LEASE_NAME))
+            except FileNotFoundError:
+                pass
+        if self._create_lease() and not stale:
+            return  # the store refused any second create: this writer alone holds the lease
+        # No conditional create here, or two writers both removed the same stale lease: the later write wins and
+        # the read-back tells the earlier one.
         time.sleep(0.2)
         check = self._read_json(LEASE_NAME)
         if not check or check.get("token") != self._lease_token:
             self._lease_token = None
-            raise store.RunDirectoryBusy("another writer took the run directory at the same moment; "
-                                         "one writer per run directory", path=self.path)
+            raise RunDirectoryBusy("another writer took the run directory at the same moment; "
+                                   "one writer per run directory", path=self.path)
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.lease_ttl_s / 3):
@@ -190,7 +229,17 @@ class ObjectRunDirectory:
             except ReprotrainError as exc:
                 self._log(f"{self.path}: could not renew the writer lease ({exc.message}); retrying")
 
+    @property
+    def held(self) -> bool:
+        return self._lease_token is not None and not self._lease_lost
+
     def acquire(self) -> None:
+        """Take the writer lease (RunDirectoryBusy, exit 2, naming the holder), then remove uncommitted objects.
+
+        Idempotent: an ObjectRunDirectory that already holds its lease keeps it.
+        """
+        if self._lease_token is not None:
+            return
         self._take_lease()
         self._stop.clear()
         self._heartbeat = threading.Thread(target=self._renew_loop, name="reprotrain-lease", daemon=True)
@@ -201,7 +250,7 @@ class ObjectRunDirectory:
         self._download_mirrored()
         self.remove_partials()
         if self.staging_dir is not None:
-            self._local = store.RunDirectory(self.staging_dir, log=self._log)
+            self._local = RunDirectory(self.staging_dir, log=self._log)
             self._local.acquire()
             self._start_uploader()
 
@@ -227,14 +276,57 @@ class ObjectRunDirectory:
 
     def remove_partials(self) -> list[str]:
         """Delete checkpoint objects without a commit pointer (a writer died between the two writes)."""
+        self._check_lease()
         listing = self._listing()
-        orphans = [n for n in listing if n.endswith(store.CHECKPOINT_SUFFIX) and n + POINTER_SUFFIX not in listing]
+        orphans = [n for n in listing if n.endswith(CHECKPOINT_SUFFIX) and n + POINTER_SUFFIX not in listing]
         for name in orphans:
             self._network(f"removing {name}", self.fs.rm_file, self._key(name))
         if orphans:
             self._log(f"removed {len(orphans)} uncommitted checkpoint object(s) left by an earlier crash: "
                       f"{', '.join(sorted(orphans))}")
         return orphans
+
+    def clear(self) -> list[str]:
+        """Delete every object of the run but the lease (``train --fresh --overwrite``), under the lease.
+
+        Staged checkpoints of the earlier run are dropped too (never uploaded into the new run).
+        """
+        self._check_lease()
+        if self._local is not None:
+            with self._pending_lock:
+                self._pending.clear()  # queued and retried uploads of the old run now do nothing
+            self._uploads.join()       # an upload in flight finishes before its objects are deleted
+            self._local.clear()
+        for name in MIRRORED_FILES:
+            try:
+                (self._mirror_dir / name).unlink()
+            except FileNotFoundError:
+                pass
+        self.fs.invalidate_cache(self.root)
+        try:
+            keys = self._network("listing the run directory", self.fs.find, self.root)
+        except FileNotFoundError:
+            keys = []
+        lease = self._key(LEASE_NAME).lstrip("/")
+        removed = []
+        for key in sorted(keys, key=lambda k: k.endswith(CHECKPOINT_SUFFIX)):  # pointers before objects
+            if key.lstrip("/") == lease:
+                continue
+            try:
+                self._network(f"deleting {key}", self.fs.rm_file, key)
+            except FileNotFoundError:
+                continue
+            removed.append(key.rsplit("/", 1)[-1])
+        return removed
+
+    def names(self) -> list[str]:
+        """What the run holds besides the writer lease: names directly under the URL ([] when nothing); reads only."""
+        self.fs.invalidate_cache(self.root)
+        try:
+            found = self._network("listing the run directory", self.fs.ls, self.root, detail=False)
+        except FileNotFoundError:
+            return []
+        return [n for n in (p.rstrip("/").rsplit("/", 1)[-1] for p in found) if n != LEASE_NAME]
 
     # -- side files (metrics.jsonl) --------------------------------------------------------
     def local_path(self, name: str) -> Path:
@@ -283,7 +375,15 @@ class ObjectRunDirectory:
             except Exception:
                 pass
             # Never let the file object's finaliser retry the upload later (it would raise in __del__).
-            target.closed = True
+            try:
+                target.closed = True
+            except AttributeError:  # io.BytesIO-based files (memory://) have nothing to retry...
+                pass
+            if isinstance(target, io.BytesIO):  # ...but they exist from the open on: remove the partial object
+                try:
+                    self.fs.rm_file(key)
+                except Exception:  # without a pointer it is invisible anyway, and the next writer removes it
+                    pass
             if isinstance(exc, Exception) and not isinstance(exc, ReprotrainError):
                 raise ObjectStoreError(f"object store error while uploading {name}: {_describe(exc)}; previous "
                                        "checkpoints are intact", path=self.path) from None
@@ -368,7 +468,7 @@ class ObjectRunDirectory:
         with self._pending_lock:
             if name not in self._pending:
                 return  # deleted by retention before it was uploaded
-        source = self._local.path / name
+        source = self._local.root / name
         with open(source, "rb") as f:
             self._put_checkpoint(name, lambda target: shutil.copyfileobj(f, target, 8 << 20))
         with self._pending_lock:
@@ -387,7 +487,7 @@ class ObjectRunDirectory:
         pending = self.pending_uploads()
         status = {"url": str(self.path), "staging_dir": str(self._local.path), "pending": pending,
                   "last_error": self._last_upload_error, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        (self._local.path / UPLOAD_STATUS_FILE).write_text(json.dumps(status, indent=2) + "\n")
+        (self._local.root / UPLOAD_STATUS_FILE).write_text(json.dumps(status, indent=2) + "\n")
         if pending:
             listed = ", ".join(f"{n} ({size / 2**20:.1f} MiB)" for n, size in pending.items())
             self._log(f"NOT YET UPLOADED to {self.path}: {listed}; kept in {self._local.path} and uploaded at the "
@@ -400,47 +500,26 @@ class ObjectRunDirectory:
     def checkpoint_paths(self) -> list:
         return [e.path for e in self.list_checkpoints()]
 
-    def list_checkpoints(self, *, deep: bool = False) -> list[store.Entry]:
-        """Committed checkpoints (plus, in staging mode, staged ones not yet uploaded), newest last."""
+    def list_checkpoints(self, *, deep: bool = False, frameworks: bool = False) -> list[Entry]:
+        """Committed checkpoints (plus, in staging mode, staged ones not yet uploaded), newest last. Object stores hold
+        only committed `.pth` checkpoints (``frameworks`` changes nothing here)."""
         listing = self._listing()
-        entries: dict[str, store.Entry] = {}
-        for pointer_name in sorted(n for n in listing if n.endswith(store.CHECKPOINT_SUFFIX + POINTER_SUFFIX)):
+        entries: dict[str, Entry] = {}
+        for pointer_name in sorted(n for n in listing if n.endswith(CHECKPOINT_SUFFIX + POINTER_SUFFIX)):
             name = pointer_name[: -len(POINTER_SUFFIX)]
             url = self.path / name
             pointer = self._read_json(pointer_name)
             if name not in listing:
-                entries[name] = store.Entry(url, None, "the commit pointer names a missing object", False)
+                entries[name] = Entry(url, None, "the commit pointer names a missing object", False)
             elif pointer is None or not isinstance(pointer.get("size"), int):
-                entries[name] = store.Entry(url, None, f"unreadable commit pointer {pointer_name}", False)
+                entries[name] = Entry(url, None, f"unreadable commit pointer {pointer_name}", False)
             elif listing[name].get("size") != pointer["size"]:
-                entries[name] = store.Entry(url, None, f"object is {listing[name].get('size')} bytes but was committed "
+                entries[name] = Entry(url, None, f"object is {listing[name].get('size')} bytes but was committed "
                                                        f"with {pointer['size']} (overwritten or truncated)", False)
             else:
-                entries[name] = store.read_entry(url, deep=deep)
+                entries[name] = read_entry(url, deep=deep)
         if self._local is not None:  # the local copy is identical and faster to read
             for path in self._local.checkpoint_paths():
-                entries[path.name] = store.read_entry(path, deep=deep)
-        return store.sort_entries(list(entries.values()))
+                entries[path.name] = read_entry(path, deep=deep)
+        return sort_entries(list(entries.values()))
 
-
-def clear_for_fresh(url: str, *, overwrite: bool, marker: str) -> None:
-    """`train --fresh` on a URL: refuse to clobber an existing run unless ``overwrite`` (then delete its objects)."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(url)
-    try:
-        fs.invalidate_cache(root)
-        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]
-    except FileNotFoundError:
-        return
-    except Exception as exc:
-        raise ObjectStoreError(f"object store error while listing: {_describe(exc)}", path=url) from None
-    if not names:
-        return
-    if not overwrite:
-        raise ReprotrainError("run directory already holds a run; --fresh refuses to clobber it: add "
-                              "--overwrite to delete it, or choose another --run-dir", path=url, exit_code=1)
-    if marker not in names:
-        raise ReprotrainError(f"not a reprotrain run directory (no {marker}); refusing to delete it", path=url,
-                              exit_code=1)
-    fs.rm(root, recursive=True)

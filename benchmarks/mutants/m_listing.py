@@ -1,0 +1,19 @@
+"""Mutants of the writer's listing cache (reprotrain/checkpoint/store.py RunDirectory.list_checkpoints)."""
+
+MUTANTS = [
+    dict(name="listing-cache-ignores-replacement",
+         path="reprotrain/checkpoint/storage/local.py",
+         old="                key = (path.name, st.st_ino, st.st_size, st.st_mtime_ns)",
+         new="                key = (path.name,)",
+         tests=["tests/test_checkpoint_store.py::test_writer_listing_reads_only_new_or_replaced_checkpoints"]),
+    dict(name="read-info-never-scans",
+         path="reprotrain/checkpoint/reader.py",
+         old="return _read_info(f, path, check_integrity=check_integrity, scan=not own_write)",
+         new="return _read_info(f, path, check_integrity=check_integrity, scan=False)",
+         tests=["tests/test_checkpoint_store.py::test_a_commit_seeds_the_listing_so_retention_reads_nothing"]),
+    dict(name="commit-does-not-seed-listing",
+         path="reprotrain/checkpoint/storage/local.py",
+         old="        self._remember(name)\n",
+         new="",
+         tests=["tests/test_checkpoint_store.py::test_a_commit_seeds_the_listing_so_retention_reads_nothing"]),
+]

@@ -1,0 +1,78 @@
+"""The background saver: routine saves snapshotted into reused CPU buffers and committed by one thread."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import weakref
+from typing import Callable
+
+from reprotrain.checkpoint import state as ckstate
+
+
+class BackgroundSaver:
+    """One save in flight at a time (back-pressure instead of unbounded memory); errors surface on the caller.
+
+    The thread holds the commit function weakly (a bound method of the manager), so a manager that is dropped
+    without close() can still be garbage-collected; its finaliser stops the thread.
+    """
+
+    def __init__(self, commit: Callable[[str, dict, dict], object]):
+        self._commit = weakref.WeakMethod(commit) if hasattr(commit, "__self__") else (lambda: commit)
+        self._snapshot = ckstate.Snapshot()
+        self._queue: queue.Queue | None = None
+        self._worker: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self.committed: list = []  # paths committed since the caller last looked (it reports them)
+
+    def submit(self, name: str, manifest: dict, state: dict) -> None:
+        self.wait()
+        snap = self._snapshot.take(state)
+        self._snapshot.sync()
+        if self._worker is None:
+            self._queue = queue.Queue(maxsize=1)
+            self._worker = threading.Thread(target=_loop, args=(self._queue, weakref.ref(self)),
+                                            name="reprotrain-save", daemon=True)
+            self._worker.start()
+        self._queue.put((name, manifest, snap))
+
+    def _run(self, item) -> None:
+        commit = self._commit()
+        if commit is None:
+            return  # the manager is gone: nobody to commit for
+        try:
+            path = commit(*item)
+            self.committed.append((path, item[1]))  # after the commit: the caller pops from this very list
+        except BaseException as exc:  # surfaced on the training thread at the next call
+            self._error = exc
+
+    def wait(self) -> None:
+        """Block until the save in flight has committed; raise its error, if any."""
+        if self._queue is not None:
+            self._queue.join()
+        self.raise_error()
+
+    def raise_error(self) -> None:
+        if self._error is not None:
+            exc, self._error = self._error, None
+            raise exc
+
+    def stop(self) -> None:
+        """End the thread after the save in flight (idempotent)."""
+        if self._worker is not None and self._queue is not None:
+            self._queue.put(None)
+            self._worker = None
+
+
+def _loop(q: queue.Queue, saver_ref) -> None:
+    while True:
+        item = q.get()
+        try:
+            if item is None:
+                return
+            saver = saver_ref()
+            if saver is not None:
+                saver._run(item)
+                del saver
+        finally:
+            q.task_done()

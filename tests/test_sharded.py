@@ -1,0 +1,328 @@
+"""Sharded checkpoint directories (reprotrain/checkpoint/sharded.py, docs/checkpoint-format.md section 8).
+
+Fast tests run one process (DCP without a process group); the torchrun tests run a user's own FSDP2 loop
+(tests/scripts/fsdp_loop.py) on CPU with gloo: 2 processes, and 4 for a resume at another world size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import PROJECT_ROOT, run_cli
+from reprotrain.checkpoint import CheckpointManager, reader, sharded, store
+from reprotrain.checkpoint.policies import RetentionPolicy
+
+LOOP = PROJECT_ROOT / "tests" / "scripts" / "fsdp_loop.py"
+
+
+# ------------------------------------------------------------------------------------------------ one process
+def _manager(run_dir, **kw):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    kw.setdefault("retention", RetentionPolicy(keep_last=5, keep_best=0))
+    return model, opt, CheckpointManager(run_dir, model, opt, sharded=True, log=lambda m: None, **kw)
+
+
+def _train_and_save(run_dir, steps=(1, 2)):
+    model, opt, mgr = _manager(run_dir)
+    for step in steps:
+        model(torch.randn(2, 4)).sum().backward()
+        opt.step()
+        mgr.save(epoch=0, step=step, samples_seen=step * 2)
+    mgr.close()
+    return model, opt
+
+
+def test_saved_directory_is_one_sealed_unit_that_resumes_the_exact_state(tmp_path):
+    model, opt = _train_and_save(tmp_path / "run")
+    names = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert names == [".reprotrain.lock", "step0000000001-latest.dcp", "step0000000002-latest.dcp"]
+    newest = tmp_path / "run" / "step0000000002-latest.dcp"
+    doc = json.loads((newest / "reprotrain-manifest.json").read_text())
+    assert {f["path"] for f in doc["files"]} == {".metadata", "__0_0.distcp"}
+    seg = doc["manifest"]["lineage"][-1]
+    assert seg["world_size"] == 1 and seg["rank_fingerprints"] == [doc["manifest"]["fingerprint_digest"]]
+    entries = store.list_checkpoints(tmp_path / "run", deep=True)
+    assert [e.valid for e in entries] == [True, True]
+    assert store.select_for_resume(entries).path == newest
+
+    model2, opt2, mgr2 = _manager(tmp_path / "run")
+    info = mgr2.resume()
+    mgr2.close()
+    assert info.step == 2 and info.path == newest
+    assert torch.equal(model2.weight, model.weight) and torch.equal(model2.bias, model.bias)
+    assert torch.equal(opt2.state_dict()["state"][0]["momentum_buffer"], opt.state_dict()["state"][0]["momentum_buffer"])
+
+
+@pytest.mark.parametrize("damage, problem", [
+    ("flip", "__0_0.distcp: content differs from the sealed SHA-256"),
+    ("truncate", "__0_0.distcp: size"),
+    ("remove", "__0_0.distcp: missing"),
+    ("add", "extra.bin: not sealed"),
+    ("unseal", "sharded checkpoint without its reprotrain-manifest.json"),
+])
+def test_damaged_directory_is_exit_2_and_resume_takes_the_previous_one(tmp_path, damage, problem):
+    _train_and_save(tmp_path / "run")
+    newest = tmp_path / "run" / "step0000000002-latest.dcp"
+    shard = newest / "__0_0.distcp"
+    if damage == "flip":
+        data = bytearray(shard.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        shard.write_bytes(bytes(data))
+    elif damage == "truncate":
+        shard.write_bytes(shard.read_bytes()[:-1])
+    elif damage == "remove":
+        shard.unlink()
+    elif damage == "add":
+        (newest / "extra.bin").write_bytes(b"x")
+    else:
+        (newest / "reprotrain-manifest.json").unlink()
+    result = run_cli("verify", str(newest))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert problem in result.stdout + result.stderr
+    if damage == "flip":
+        assert run_cli("inspect", str(newest)).returncode == 2
+
+    logs = []
+    model, opt = torch.nn.Linear(4, 3), None
+    mgr = CheckpointManager(tmp_path / "run", model, sharded=True, log=logs.append)
+    info = mgr.resume()
+    mgr.close()
+    assert info.step == 1, logs
+    assert any(("skipping damaged checkpoint step0000000002-latest.dcp" in m
+                or "skipping unreadable file step0000000002-latest.dcp" in m) and problem in m for m in logs), logs
+    with pytest.raises(reader.CorruptCheckpoint, match=problem.split(":")[0]):
+        sharded.check(newest)
+
+
+def test_retention_deletes_whole_directories_and_a_leftover_partial_goes_at_the_next_start(tmp_path):
+    run = tmp_path / "run"
+    model, opt, mgr = _manager(run, retention=RetentionPolicy(keep_last=2, keep_best=0))
+    for step in (1, 2, 3):
+        mgr.save(epoch=0, step=step, samples_seen=step)
+    mgr.close()
+    assert sorted(p.name for p in run.glob("*.dcp")) == ["step0000000002-latest.dcp", "step0000000003-latest.dcp"]
+    assert not list(run.glob(".*partial"))
+    # What a crash mid-save leaves: a partial directory with shard files and no sidecar. Never listed; removed.
+    leftover = run / ".step0000000004-latest.dcp.partial"
+    leftover.mkdir()
+    (leftover / "__0_0.distcp").write_bytes(b"half")
+    assert [e.path.name for e in store.list_checkpoints(run)] == ["step0000000002-latest.dcp",
+                                                                 "step0000000003-latest.dcp"]
+    _, _, mgr = _manager(run)
+    mgr.close()
+    assert not leftover.exists()
+
+
+def test_a_plain_manager_skips_sharded_checkpoints_with_a_word(tmp_path):
+    _train_and_save(tmp_path / "run", steps=(1,))
+    logs = []
+    mgr = CheckpointManager(tmp_path / "run", torch.nn.Linear(4, 3), log=logs.append)
+    assert mgr.resume() is None
+    mgr.close()
+    assert any("resume it with CheckpointManager(..., sharded=True)" in m for m in logs), logs
+
+
+def test_ls_and_diff_accept_sharded_directories(tmp_path):
+    _train_and_save(tmp_path / "run")
+    result = run_cli("ls", str(tmp_path / "run"), "--json")
+    assert result.returncode == 0, result.stderr
+    assert "step0000000002-latest.dcp" in result.stdout
+    a, b = (str(tmp_path / "run" / f"step000000000{i}-latest.dcp") for i in (1, 2))
+    result = run_cli("diff", a, b)
+    assert result.returncode == 0, result.stderr  # same run, same environment; tensors are not compared
+    assert "checkpoint directories: tensors not compared (manifests only)" in result.stdout
+
+
+# ------------------------------------------------------------------------------------------------ torchrun
+def _torchrun(nproc: int, run_dir: Path, steps: int, *extra: str, **env) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+           "--max-restarts", "0", "--monitor-interval", "0.2", str(LOOP), str(run_dir), str(steps), *extra]
+    full = {**os.environ, **{k: str(v) for k, v in env.items()}}
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full,
+                            cwd=PROJECT_ROOT)
+
+
+def _finish(proc, timeout=240) -> tuple[int, str]:
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def _losses(run_dir: Path, rank: int = 0) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / f"loss-rank{rank}.jsonl").read_text().splitlines()]
+
+
+def _valid(run_dir: Path) -> list[store.Entry]:
+    return [e for e in store.list_checkpoints(run_dir, deep=True) if e.valid]
+
+
+def test_fsdp_damaged_shard_is_detected_by_verify_and_skipped_by_resume(tmp_path):
+    run = tmp_path / "run"
+    code, out = _finish(_torchrun(2, run, 6))
+    assert code == 0, out
+    newest = run / "step0000000006-latest.dcp"
+    doc = json.loads((newest / "reprotrain-manifest.json").read_text())
+    assert sorted(f["path"] for f in doc["files"]) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    seg = doc["manifest"]["lineage"][-1]
+    assert seg["world_size"] == 2 and len(seg["rank_fingerprints"]) == 2
+    assert all(d in doc["manifest"]["environments"] for d in seg["rank_fingerprints"])
+    shard = newest / "__1_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    result = run_cli("verify", str(newest))
+    assert result.returncode == 2 and "__1_0.distcp: content differs" in result.stdout + result.stderr
+
+    code, out = _finish(_torchrun(2, run, 8))
+    assert code == 0, out
+    assert "skipping damaged checkpoint step0000000006-latest.dcp: __1_0.distcp: content differs" in out
+    assert "resuming from" in out and "step0000000004-latest.dcp" in out
+    losses = _losses(run)
+    first, again = losses[:6], losses[6:]
+    assert [x["step"] for x in again] == [5, 6, 7, 8]
+    assert again[:2] == first[4:6]  # steps 5 and 6 redone from the step-4 shards: the same losses, bit for bit
+
+
+def test_fsdp_sigterm_to_one_rank_then_resume_at_world_size_4_and_back_to_2_reshards(tmp_path):
+    run, pids = tmp_path / "run", tmp_path / "pids"
+    pids.mkdir()
+    proc = _torchrun(2, run, 40, FSDP_TEST_PID_DIR=pids, FSDP_TEST_DELAY="0.2")
+    deadline = time.monotonic() + 180
+    while not (run / "step0000000004-latest.dcp").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else "timeout"
+        time.sleep(0.05)
+    os.kill(int((pids / "rank1.pid").read_text()), signal.SIGTERM)
+    code, out = _finish(proc)
+    assert code == 1, out  # both workers exit 143; torchrun reports failed workers with 1
+    # A library loop: the manager says it stops the loop (Interrupted); "exiting with code" is the CLI's wording.
+    assert out.count("stopping the loop (Interrupted)") == 2, out
+    interrupted = [e for e in _valid(run) if e.info.manifest["kind"] == "interrupted"]
+    assert len(interrupted) == 1, out
+    stopped = interrupted[0].info.manifest
+    assert 4 <= stopped["step"] < 40 and stopped["lineage"][-1]["end_reason"] == "preempted"
+
+    end = stopped["step"] + 4
+    code, out = _finish(_torchrun(4, run, end))
+    assert code == 0, out
+    assert f"resuming from {interrupted[0].path}" in out
+    assert "world size changes from 2 to 4: model and optimizer state are resharded" in out
+    done = max(_valid(run), key=lambda e: e.info.manifest["step"]).info.manifest
+    assert done["step"] == end and [s["world_size"] for s in done["lineage"]] == [2, 4]
+    assert len(done["lineage"][-1]["rank_fingerprints"]) == 4
+    resumed = [x for x in _losses(run) if x["world"] == 4]
+    assert [x["step"] for x in resumed] == list(range(stopped["step"] + 1, end + 1))
+    # The loss continues: the same global batches as at world size 2, within float reduction-order noise.
+    reference = {x["step"]: x["loss"] for x in _losses(run) if x["world"] == 2}
+    if stopped["step"] + 1 in reference:  # a step taken at world size 2 before the signal arrived between saves
+        assert reference[stopped["step"] + 1] == pytest.approx(resumed[0]["loss"], rel=1e-4)
+    assert all(x["loss"] < 10 for x in resumed)
+
+    # And back to world size 2: 2 -> 4 -> 2.
+    code, out = _finish(_torchrun(2, run, end + 2))
+    assert code == 0, out
+    assert "world size changes from 4 to 2: model and optimizer state are resharded" in out
+    done = max(_valid(run), key=lambda e: e.info.manifest["step"]).info.manifest
+    assert done["step"] == end + 2 and [s["world_size"] for s in done["lineage"]] == [2, 4, 2]
+
+
+def test_fsdp_rank_killed_mid_save_leaves_the_previous_checkpoint_valid(tmp_path):
+    run = tmp_path / "run"
+    code, out = _finish(_torchrun(2, run, 8, FSDP_TEST_KILL_RANK1_AT_SAVE="2"))
+    assert code != 0, out
+    valid = _valid(run)
+    assert [e.path.name for e in valid] == ["step0000000002-latest.dcp"], out
+    assert not (run / "step0000000004-latest.dcp").exists()
+    assert store.select_for_resume(store.list_checkpoints(run)).path.name == "step0000000002-latest.dcp"
+    assert run_cli("verify", str(valid[0].path)).returncode == 0
+
+
+def test_train_strategy_fsdp_sigterm_to_one_rank_then_resume(tmp_path):
+    from test_distributed import N_TRAIN, STEPS_W2, TASK, finish, metrics, pid_of, reached_step, torchrun, wait_for
+
+    run, pids = tmp_path / "run", tmp_path / "pids"
+    pids.mkdir()
+    proc = torchrun(2, "--run-dir", str(run), "--epochs", "1", "--strategy", "fsdp", *TASK,
+                    REPROTRAIN_TEST_PID_DIR=pids, REPROTRAIN_TEST_DELAY="0.002")
+    wait_for(reached_step(run, 7), proc, "step 7")
+    os.kill(pid_of(pids, 1), signal.SIGTERM)
+    code, out = finish(proc)
+    assert code == 1, out
+    assert out.count("exiting with code 143") == 2, out
+    interrupted = [e for e in _valid(run) if e.info.manifest["kind"] == "interrupted"]
+    assert len(interrupted) == 1 and interrupted[0].path.suffix == ".dcp", out
+    stopped = interrupted[0].info.manifest
+    assert 7 <= stopped["step"] < STEPS_W2 and stopped["lineage"][-1]["end_reason"] == "preempted"
+    assert len(stopped["lineage"][-1]["rank_fingerprints"]) == 2
+
+    code, out = finish(torchrun(2, "--run-dir", str(run), "--strategy", "fsdp", *TASK))
+    assert code == 0, out
+    assert f"resuming from {interrupted[0].path}" in out
+    done = max(_valid(run), key=lambda e: e.info.manifest["step"]).info.manifest
+    assert done["step"] == STEPS_W2 and done["samples_seen"] == N_TRAIN
+    assert [(s["world_size"], s["end_reason"]) for s in done["lineage"]] == [(2, "preempted"), (2, "completed")]
+    assert [m for m in metrics(run) if m["kind"] == "resume"][0]["step"] == stopped["step"]
+
+
+_SAVER = """
+import sys, torch
+from reprotrain.checkpoint import CheckpointManager
+from reprotrain.checkpoint.policies import RetentionPolicy
+torch.manual_seed(0)
+model = torch.nn.Linear(256, 256)
+mgr = CheckpointManager(sys.argv[1], model, sharded=True, log=lambda m: None,
+                        retention=RetentionPolicy(keep_last=2, keep_best=0))
+info = mgr.resume()
+step = info.step if info else 0
+while True:
+    step += 1
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    mgr.save(epoch=0, step=step, samples_seen=step)
+    if step == (info.step if info else 0) + 1:
+        print("ready", flush=True)  # one save committed: the kills land among the saves and deletions that follow
+"""
+
+
+def test_crash_torture_sigkill_at_random_instants_of_sharded_saves(tmp_path):
+    """SIGKILL a process that saves sharded checkpoints (and deletes old ones) in a loop, at random instants; after
+    every kill each listed checkpoint is whole, resume picks one, and its weights are those of its step."""
+    import random
+
+    run = tmp_path / "run"
+    rng = random.Random(14)
+    kills = interrupted_saves = 0
+    for _ in range(5):
+        proc = subprocess.Popen([sys.executable, "-c", _SAVER, str(run)], stdout=subprocess.PIPE, text=True,
+                                cwd=PROJECT_ROOT, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.0, 1.0))
+        proc.kill()
+        proc.wait()
+        kills += 1
+        entries = store.list_checkpoints(run, deep=True)
+        assert all(e.valid for e in entries), [(e.path.name, e.problem) for e in entries]
+        assert not any(p.suffix == ".dcp" and not p.is_dir() for p in run.iterdir())
+        interrupted_saves += bool(list(run.glob(".*partial")))
+        assert entries
+        if True:
+            model = torch.nn.Linear(256, 256)
+            mgr = CheckpointManager(run, model, sharded=True, log=lambda m: None)
+            info = mgr.resume()
+            mgr.close()
+            torch.manual_seed(0)
+            expected = torch.nn.Linear(256, 256).weight.detach().clone()
+            for _ in range(info.step):  # the saver's own sequence of additions
+                expected.add_(1.0)
+            assert torch.equal(model.weight, expected), info.path
+            assert not list(run.glob(".*partial"))  # the resume's writer removed what the kill left
+    assert kills == 5 and interrupted_saves >= 1  # not vacuous: some kills landed inside a save or a deletion
