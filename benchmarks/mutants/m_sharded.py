@@ -1,5 +1,6 @@
 """Mutants of the sharded checkpoint directories (reprotrain/checkpoint/sharded.py, docs/checkpoint-format.md
-section 8) and of the run directory's handling of them (reprotrain/checkpoint/store.py)."""
+section 8), of the run directory's handling of them (reprotrain/checkpoint/store.py) and of the quiet end of a
+distributed process (reprotrain/checkpoint/process_exit.py)."""
 
 _T = "tests/test_sharded.py::"
 _DAMAGED = _T + "test_damaged_directory_is_exit_2_and_resume_takes_the_previous_one"
@@ -7,17 +8,17 @@ _DAMAGED = _T + "test_damaged_directory_is_exit_2_and_resume_takes_the_previous_
 MUTANTS = [
     dict(name="sharded-shard-sha256-not-checked",
          path="reprotrain/checkpoint/sharded.py",
-         old='            elif sha != entry["sha256"]:',
-         new='            elif False:',
+         old='        elif sha != entry["sha256"]:',
+         new='        elif False:',
          tests=[_DAMAGED]),
     dict(name="sharded-missing-file-not-detected",
          path="reprotrain/checkpoint/sharded.py",
-         old='        problems += [f"{rel}: missing" for rel in sorted(names - present)]\n',
-         new='',
+         old='    problems = [f"{rel}: missing" for rel in sorted(names - present)]\n',
+         new='    problems = []\n',
          tests=[_DAMAGED]),
     dict(name="sharded-added-file-not-detected",
          path="reprotrain/checkpoint/sharded.py",
-         old='        problems += [f"{rel}: not sealed (added after the checkpoint was sealed)" for rel in sorted(present - names)]\n',
+         old='    problems += [f"{rel}: not sealed (added after the checkpoint was sealed)" for rel in sorted(present - names)]\n',
          new='',
          tests=[_DAMAGED]),
     dict(name="sharded-only-rank0-share-hashed",
@@ -40,4 +41,15 @@ MUTANTS = [
          old="            async_save=not sharded, sharded=sharded,",
          new="            async_save=not sharded, sharded=False,",
          tests=[_T + "test_train_strategy_fsdp_sigterm_to_one_rank_then_resume"]),
+    dict(name="gloo-worker-busy-called-idle",
+         path="reprotrain/checkpoint/process_exit.py",
+         old="    return number == _FUTEX and op & _FUTEX_CMD_MASK == _FUTEX_WAIT_BITSET and timeout == 0\n",
+         new="    return True\n",
+         tests=["tests/test_process_exit.py::test_a_thread_waiting_without_timeout_is_idle_and_a_busy_or_timed_one_is_not",
+                "tests/test_process_exit.py::test_gloo_workers_are_seen_busy_in_a_collective_and_idle_after_it_even_when_ddp_keeps_them"]),
+    dict(name="gloo-quiesce-does-not-wait",
+         path="reprotrain/checkpoint/process_exit.py",
+         old="        if all(is_idle(tid) for tid in worker_threads()):",
+         new="        if True:",
+         tests=["tests/test_process_exit.py::test_gloo_workers_are_seen_busy_in_a_collective_and_idle_after_it_even_when_ddp_keeps_them"]),
 ]

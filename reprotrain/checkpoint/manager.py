@@ -33,7 +33,7 @@ import torch
 
 from reprotrain import __version__, fingerprint as fp
 from reprotrain.checkpoint import format as ckformat
-from reprotrain.checkpoint import reader, rng, sharded as ckshard, signing, state as ckstate, store
+from reprotrain.checkpoint import process_exit, reader, rng, sharded as ckshard, signing, state as ckstate, store
 from reprotrain.checkpoint.decision import SaveDecision
 from reprotrain.checkpoint.guard import SIGNAL_REASON, Interrupted, SignalGuard, StoppedWithoutSaving
 from reprotrain.checkpoint.location import Location
@@ -159,6 +159,8 @@ class CheckpointManager:
                 self.log = lambda msg: base(f"rank {rank}: {msg}")
             if self.coordinator is None and self.world_size > 1:
                 self.coordinator = ckshard.StepAgreement()
+        if self.world_size > 1:  # gloo workers must be idle before the interpreter finalizes (process_exit)
+            process_exit.install_at_exit()
         # Signing (docs/checkpoint-format.md, "Signature"): the key signs every checkpoint this manager writes;
         # trusted keys make resume pick only checkpoints signed by one of them (this run's own key included).
         self._signer = signing.as_signing_key(opts.signing_key)

@@ -28,6 +28,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 
 from reprotrain import fingerprint as fp
+from reprotrain.checkpoint import process_exit
 from reprotrain.errors import EnvironmentRefused, ReprotrainError
 from reprotrain.training import data
 
@@ -71,6 +72,7 @@ class Group:
     def close(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+        process_exit.quiesce()  # a DDP/FSDP model still holds the group: its workers outlive destroy_process_group
 
     def device(self, name: str) -> torch.device | None:
         """The device for `--device NAME` on this rank: `auto` and `cuda` mean this rank's local GPU."""
