@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -267,6 +268,16 @@ def test_the_garbage_collector_gives_back_lock_and_handlers(tmp_path):
     again = manager(tmp_path, messages)
     assert not any("left open" in m for m in messages)
     again.close()
+
+
+def test_close_joins_the_background_save_thread(tmp_path):
+    """No daemon thread outlives close(): one still running when the interpreter finalizes is unwound inside
+    torch's C++ and aborts the process (docs/distributed.md, "Ending the process")."""
+    mgr = manager(tmp_path, save_policy="never", async_save=True).start()
+    mgr.save("latest", epoch=0, step=1, samples_seen=1)  # starts the background thread
+    worker = next(t for t in threading.enumerate() if t.name == "reprotrain-save")
+    mgr.close()
+    assert not worker.is_alive()
 
 
 def test_a_manager_left_open_is_taken_over_in_the_same_process_but_not_inside_its_guard(tmp_path):

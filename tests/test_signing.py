@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
+import zlib
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,7 @@ class _Replay:
     def __init__(self, line):
         self.line = line
 
-    def sign_digest(self, digest):
+    def sign_digest(self, digest, tensors):
         return self.line
 
 
@@ -58,8 +59,10 @@ def _rewrite(path: Path, out: Path, *, change, line):
 
 
 def _verdict(path, *trusted):
-    with reader.open_checkpoint(path, check_integrity=True) as opened:  # the digest matches the bytes
-        return signing.TrustedKeys(trusted).check(opened.info.directory)
+    with reader.open_checkpoint(path) as opened:
+        report = reader.check_integrity(opened.info, opened.file, hash_tensors=True)
+        assert report.ok, report.problems  # the digest matches the bytes
+        return signing.TrustedKeys(trusted).check(opened.info.directory, report.tensors_digest)
 
 
 def test_round_trip_signed_at_save_loads_with_plain_torch_and_holds_no_key(signed, keys):
@@ -369,11 +372,141 @@ def test_object_store_checkpoints_carry_their_signature_and_resume_checks_it(key
     mgr.resume()
     mgr.save(epoch=0, step=2, samples_seen=8)  # newer, unsigned
     mgr.close()
-    with reader.open_checkpoint(signed_url) as opened:
-        assert signing.TrustedKeys([keys["alice"][2]]).check(opened.info.directory).ok
+    assert _verdict(signed_url, keys["alice"][2]).ok
     logged = []
     mgr = CheckpointManager(url, torch.nn.Linear(8, 4), save_policy="never", log=logged.append,
                             trusted_keys=[keys["alice"][2]], retention=RetentionPolicy(keep_last=10))
     assert mgr.resume().step == 1
     assert any("step0000000002-latest.pth" in m and "not signed" in m for m in logged), logged
     mgr.close()
+
+
+# ------------------------------------------------------------------ tensors bound by SHA-256 (signature format 2)
+
+def _same_crc_edit(body: bytes) -> bytes:
+    """BODY with its first byte changed and its last four adjusted so that its CRC-32 is unchanged: what a forger
+    who keeps the CRC-32s (hence the integrity digest) does. CRC-32 is affine over GF(2): with
+    L(x) = crc(x) ^ crc(0...0), crc(body ^ d) == crc(body) exactly when L(d) == 0; d = e ^ x with e the wanted
+    change and x in the last 32 bits, solved from the 32 columns L(unit bit)."""
+    n = len(body)
+    zero = zlib.crc32(bytes(n))
+
+    def lin(delta: bytes) -> int:
+        return zlib.crc32(delta) ^ zero
+
+    wanted = bytearray(n)
+    wanted[0] = 0x5A
+    target = lin(bytes(wanted))
+    columns = []
+    for bit in range(32):
+        unit = bytearray(n)
+        unit[n - 4 + bit // 8] = 1 << (bit % 8)
+        columns.append(lin(bytes(unit)))
+    # Gaussian elimination: find bits whose columns XOR to target.
+    rows = [(columns[i], 1 << i) for i in range(32)]
+    basis: dict[int, tuple[int, int]] = {}
+    for value, combo in rows:
+        for pivot in sorted(basis, reverse=True):
+            if value >> pivot & 1:
+                value, combo = value ^ basis[pivot][0], combo ^ basis[pivot][1]
+        if value:
+            basis[value.bit_length() - 1] = (value, combo)
+    value, combo = target, 0
+    for pivot in sorted(basis, reverse=True):
+        if value >> pivot & 1:
+            value, combo = value ^ basis[pivot][0], combo ^ basis[pivot][1]
+    assert value == 0, "no solution"
+    delta = bytearray(wanted)
+    for bit in range(32):
+        if combo >> bit & 1:
+            delta[n - 4 + bit // 8] ^= 1 << (bit % 8)
+    forged = bytes(a ^ b for a, b in zip(body, delta))
+    assert forged != body and zlib.crc32(forged) == zlib.crc32(body)
+    return forged
+
+
+def _forge_tensor(path: Path, out: Path) -> Path:
+    """A copy of PATH whose largest tensor record differs while every CRC-32 and the integrity trailer stay valid."""
+    directory = reader.read_info(path).directory
+    record = max(container.iter_data_records(directory), key=lambda r: r.size)
+    data = bytearray(path.read_bytes())
+    body = bytes(data[record.data_offset:record.data_offset + record.size])
+    data[record.data_offset:record.data_offset + record.size] = _same_crc_edit(body)
+    out.write_bytes(bytes(data))
+    assert reader.read_info(out, check_integrity=True).step == reader.read_info(path).step  # integrity is fooled
+    assert any(not torch.equal(a, b) for a, b in zip(_tensors(torch.load(out, weights_only=True)),
+                                                      _tensors(torch.load(path, weights_only=True))))
+    return out
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from _tensors(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from _tensors(value)
+
+
+def _with_line(path: Path, out: Path, line: container.SignatureLine) -> Path:
+    directory = reader.read_info(path).directory
+    data = path.read_bytes()
+    start = directory.comment_start + container.UNSIGNED_COMMENT_LEN + 1
+    out.write_bytes(data[:start] + line.encode())
+    return out
+
+
+def _format1(path: Path, out: Path, key: signing.SigningKey) -> Path:
+    """PATH re-signed in signature format 1 (the integrity digest alone), validly, by KEY."""
+    directory = reader.read_info(path).directory
+    line = directory.signature
+    old = signing.message(directory.trailer_digest, key.key_id, line.time, None)
+    return _with_line(path, out, container.SignatureLine(key.key_id, line.time, key._key.sign(old), version=1))
+
+
+def test_same_crc_tensor_substitution_breaks_the_signature_everywhere(tmp_path, keys):
+    """The forgery the integrity digest cannot see (CRC-32 kept) fails verify, explicit resume and run resume."""
+    alice_key, alice_private, alice_pub = keys["alice"]
+    run = tmp_path / "run"
+    mgr = _manager(run, signing_key=alice_private)
+    older = mgr.save(epoch=0, step=1, samples_seen=4)
+    newest = mgr.save(epoch=0, step=2, samples_seen=8)
+    mgr.close()
+    _forge_tensor(newest, tmp_path / "forged.pth")
+    os.replace(tmp_path / "forged.pth", newest)
+    assert _verdict(newest, alice_pub).status == "bad"
+    out = _cli("verify", newest, "--trusted-key", alice_pub)
+    assert out.returncode == 5 and alice_key.key_id in out.stdout and "does not match" in out.stdout, out.stdout
+    out = _cli("verify", newest, "--trusted-key", alice_pub, "--no-digest")  # the signature still reads the tensors
+    assert out.returncode == 5, out.stdout
+    assert _cli("verify", older, "--trusted-key", alice_pub, "--require-signature").returncode == 0
+    with pytest.raises(signing.SignatureRefused) as exc:
+        _manager(run, trusted_keys=[alice_pub]).resume(newest)
+    assert exc.value.exit_code == 5
+    logged = []
+    mgr = CheckpointManager(run, torch.nn.Linear(8, 4), save_policy="never", log=logged.append,
+                            trusted_keys=[alice_pub], retention=RetentionPolicy(keep_last=10))
+    assert mgr.resume().step == 1
+    mgr.close()
+    assert any(newest.name in m and "does not match" in m for m in logged), logged
+
+
+def test_format1_signature_is_weak_and_a_downgrade_is_bad(signed, keys, tmp_path):
+    alice_key, alice_private, alice_pub = keys["alice"]
+    weak = _format1(signed, tmp_path / "weak.pth", alice_key)
+    assert reader.read_info(weak, check_integrity=True).signature["format"] == 1
+    verdict = _verdict(weak, alice_pub)
+    assert verdict.status == "weak" and "format 1" in verdict.message
+    out = _cli("verify", weak, "--trusted-key", alice_pub)
+    assert out.returncode == 0 and "format 1" in out.stdout, out.stdout  # no worse than unsigned: a warning
+    assert _cli("verify", weak, "--trusted-key", alice_pub, "--require-signature").returncode == 5
+    # A format-2 line relabelled "/1" (a downgrade to escape the tensor hash) is not a valid format-1 signature.
+    line = reader.read_info(signed).directory.signature
+    downgraded = _with_line(signed, tmp_path / "down.pth",
+                            container.SignatureLine(line.key_id, line.time, line.signature, version=1))
+    assert _verdict(downgraded, alice_pub).status == "bad"
+    # reprotrain sign upgrades a weak signature by its own key to format 2.
+    assert signing.sign_file(weak, alice_key).ok
+    assert reader.read_info(weak).signature["format"] == 2 and _verdict(weak, alice_pub).ok

@@ -127,7 +127,12 @@ def _verify_one(path: Location, reference: _Reference, digest: bool, trusted=Non
     try:
         with reader.open_checkpoint(path) as opened:  # manifest and integrity from one open file
             info = opened.info
-            integrity = reader.check_integrity(info, opened.file) if digest else None
+            # A signature by a trusted key binds the tensors' SHA-256: hashed in the integrity pass, which then
+            # runs even with --no-digest (the signature cannot be checked without reading the tensors).
+            screened = trusted.screen(info.directory) if trusted is not None else None
+            hash_tensors = trusted is not None and screened is None
+            integrity = (reader.check_integrity(info, opened.file, hash_tensors=hash_tensors)
+                         if digest or hash_tensors else None)
     except reader.NotACheckpoint as exc:
         if path.is_dir():  # a framework checkpoint directory that was never sealed (or whose writer died first)
             return VerifyResult(shown, 3, "unsealed-directory", exc.message)
@@ -140,7 +145,7 @@ def _verify_one(path: Location, reference: _Reference, digest: bool, trusted=Non
         return VerifyResult(shown, 2, "invalid-manifest" if invalid else "corrupt", exc.message,
                             schema_ok=False if invalid else None)
     result = VerifyResult(shown, 0, "checkpoint", "", schema_ok=True, manifest=_manifest_summary(info.manifest))
-    if digest:
+    if integrity is not None:
         result.integrity = {"ok": integrity.ok, "problems": integrity.problems,
                             "bytes_checked": integrity.bytes_checked}
         if not integrity.ok:
@@ -150,14 +155,15 @@ def _verify_one(path: Location, reference: _Reference, digest: bool, trusted=Non
     if trusted is not None:
         from reprotrain.checkpoint import signing
 
-        verdict = trusted.check(info.directory)
+        verdict = screened or trusted.check(info.directory, integrity.tensors_digest)
         result.signature = verdict.to_dict()
-        if not verdict.ok and (verdict.status != signing.UNSIGNED or require_signature):
+        as_unsigned = verdict.status in (signing.UNSIGNED, signing.WEAK)
+        if not verdict.ok and (not as_unsigned or require_signature):
             result.exit_code, result.category = 5, f"signature-{verdict.status}"
-            result.reason = verdict.message + ("; a signature is required" if verdict.status == signing.UNSIGNED else "")
+            result.reason = verdict.message + ("; a signature is required" if as_unsigned else "")
             return result
-        if verdict.status == signing.UNSIGNED:
-            result.warnings.append("not signed")
+        if as_unsigned:
+            result.warnings.append("not signed" if verdict.status == signing.UNSIGNED else verdict.message)
     elif info.signature is not None:
         result.signature = {"status": "not-checked", **info.signature,
                             "message": "signed; give --trusted-key to check the signature"}

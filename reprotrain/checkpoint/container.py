@@ -37,7 +37,8 @@ MANIFEST_RECORD = f"{ARCHIVE}/reprotrain/manifest.json"
 DATA_PREFIX = f"{ARCHIVE}/data/"
 TRAILER_PREFIX = b"reprotrain-integrity/1 sha256:"
 UNSIGNED_COMMENT_LEN = len(TRAILER_PREFIX) + 64  # 94
-SIGNATURE_PREFIX = b"reprotrain-signature/1 ed25519 key="
+SIGNATURE_PREFIX = b"reprotrain-signature/2 ed25519 key="  # format 1: the same with "/1" (read, never written)
+SIGNATURE_VERSIONS = (1, 2)
 # "reprotrain-signature/1 ed25519 key=<16 hex> time=<YYYY-MM-DDTHH:MM:SSZ> sig=<128 hex>"
 SIGNATURE_LINE_LEN = len(SIGNATURE_PREFIX) + 16 + len(b" time=") + 20 + len(b" sig=") + 128  # 210
 SIGNED_COMMENT_LEN = UNSIGNED_COMMENT_LEN + 1 + SIGNATURE_LINE_LEN  # 305: trailer, "\n", signature line
@@ -75,9 +76,10 @@ class SignatureLine:
     key_id: str  # 16 lowercase hex digits
     time: str  # YYYY-MM-DDTHH:MM:SSZ
     signature: bytes  # 64 bytes
+    version: int = 2  # 2 signs the tensors' SHA-256 too; 1 signed the integrity digest only
 
     def encode(self) -> bytes:
-        line = (SIGNATURE_PREFIX + self.key_id.encode("ascii") + b" time=" + self.time.encode("ascii")
+        line = (_signature_prefix(self.version) + self.key_id.encode("ascii") + b" time=" + self.time.encode("ascii")
                 + b" sig=" + self.signature.hex().encode("ascii"))
         if len(line) != SIGNATURE_LINE_LEN:
             raise ValueError("signature line has the wrong length")
@@ -87,9 +89,14 @@ class SignatureLine:
 _HEX = frozenset(b"0123456789abcdef")
 
 
+def _signature_prefix(version: int) -> bytes:
+    return SIGNATURE_PREFIX.replace(b"/2 ", f"/{version} ".encode("ascii"))
+
+
 def parse_signature_line(line: bytes) -> SignatureLine:
     """Parse the second comment line; ContainerError if it is not exactly the documented form."""
-    if len(line) != SIGNATURE_LINE_LEN or not line.startswith(SIGNATURE_PREFIX):
+    version = next((v for v in SIGNATURE_VERSIONS if line.startswith(_signature_prefix(v))), None)
+    if len(line) != SIGNATURE_LINE_LEN or version is None:
         raise ContainerError("signature line is damaged")
     rest = line[len(SIGNATURE_PREFIX):]
     key_id, time_part, sig_part = rest[:16], rest[16:42], rest[42:]
@@ -99,7 +106,7 @@ def parse_signature_line(line: bytes) -> SignatureLine:
     when = time_part[6:].decode("ascii", "replace")
     if len(when) != 20 or when[4] != "-" or when[10] != "T" or not when.endswith("Z"):
         raise ContainerError("signature line is damaged")
-    return SignatureLine(key_id.decode("ascii"), when, bytes.fromhex(sig_part[5:].decode("ascii")))
+    return SignatureLine(key_id.decode("ascii"), when, bytes.fromhex(sig_part[5:].decode("ascii")), version)
 
 
 @dataclass(frozen=True)
@@ -119,15 +126,17 @@ class ContainerWriter:
     """Streams records into a file object and closes the archive with the integrity trailer.
 
     ``force_zip64`` writes ZIP64 structures even for small files (tests use it to cover the
-    >4 GiB path without writing 4 GiB).
+    >4 GiB path without writing 4 GiB). ``hash_tensors``: also a SHA-256 over every tensor body in file order
+    (`tensors_digest`, what a signature binds), computed on the CRC-32 thread.
     """
 
-    def __init__(self, fileobj: BinaryIO, *, force_zip64: bool = False):
+    def __init__(self, fileobj: BinaryIO, *, force_zip64: bool = False, hash_tensors: bool = False):
         self._f = fileobj
         self._offset = 0
         self._meta_hash = hashlib.sha256()
         self._entries: list[tuple[str, int, int, int, bool]] = []  # name, offset, size, crc, zip64
         self._force_zip64 = force_zip64
+        self._tensor_hash = hashlib.sha256() if hash_tensors else None
         # Started only for a record of more than one chunk: there is nothing to overlap below that, and a
         # thread start per save is a fixed cost that dominates small checkpoints.
         self._crc_pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -178,12 +187,12 @@ class ContainerWriter:
                 chunk = view[start:start + CHUNK]
                 if pending is not None:
                     crc = pending.result()
-                pending = self._crc_pool.submit(crc32, chunk, crc)
+                pending = self._crc_pool.submit(_crc_and_hash, chunk, crc, self._tensor_hash)
                 self._emit(chunk, hashed=False)
             if pending is not None:
                 crc = pending.result()
         else:
-            crc = crc32(view)
+            crc = _crc_and_hash(view, 0, self._tensor_hash if is_data else None)
             self._emit(view, hashed=not is_data)
         if zip64:
             descriptor = struct.pack("<IIQQ", _SIG_DESCRIPTOR, crc, size, size)
@@ -192,12 +201,20 @@ class ContainerWriter:
         self._emit(descriptor, hashed=True)
         self._entries.append((name, offset, size, crc, zip64))
 
-    def close(self, sign: "Callable[[str], SignatureLine] | None" = None) -> str:
+    @property
+    def tensors_digest(self) -> str | None:
+        """"sha256:<hex>" over every tensor body written so far, in file order (with ``hash_tensors``)."""
+        return None if self._tensor_hash is None else "sha256:" + self._tensor_hash.hexdigest()
+
+    def close(self, sign: "Callable[[str, str], SignatureLine] | None" = None) -> str:
         """Write the central directory and the trailer; return the integrity digest ("sha256:<hex>").
 
-        ``sign(digest)`` returns the signature line of a signed checkpoint: the comment length (hashed) is
-        then that of a signed comment, and the line follows the integrity trailer.
+        ``sign(digest, tensors_digest)`` returns the signature line of a signed checkpoint (the writer must
+        hash tensors): the comment length (hashed) is then that of a signed comment, and the line follows the
+        integrity trailer.
         """
+        if sign is not None and self._tensor_hash is None:
+            raise ValueError("a signed container needs ContainerWriter(hash_tensors=True)")
         if self._crc_pool is not None:
             self._crc_pool.shutdown(wait=True)
         cd_start = self._offset
@@ -225,7 +242,7 @@ class ContainerWriter:
         digest = self._meta_hash.hexdigest()
         comment = TRAILER_PREFIX + digest.encode("ascii")
         if sign is not None:
-            comment += b"\n" + sign("sha256:" + digest).encode()
+            comment += b"\n" + sign("sha256:" + digest, self.tensors_digest).encode()
         self._emit(comment, hashed=False)
         return "sha256:" + digest
 
@@ -388,25 +405,38 @@ class IntegrityReport:
     ok: bool
     problems: list[str]
     bytes_checked: int
+    tensors_digest: str | None = None  # "sha256:<hex>" over the tensor bodies in file order, when asked for
 
 
-def check_integrity(f: BinaryIO, directory: Directory) -> IntegrityReport:
-    """Re-read every byte: CRC-32 of each data body, SHA-256 of the rest, compared with the trailer."""
-    return check_and_redigest(f, directory)[0]
+def check_integrity(f: BinaryIO, directory: Directory, *, hash_tensors: bool = False) -> IntegrityReport:
+    """Re-read every byte: CRC-32 of each data body, SHA-256 of the rest, compared with the trailer.
+    ``hash_tensors``: also the tensors' SHA-256 (report.tensors_digest), which a signature binds."""
+    return check_and_redigest(f, directory, hash_tensors=hash_tensors)[0]
+
+
+def _crc_and_hash(chunk, crc: int, sha) -> int:
+    """CRC-32 of a chunk continued from ``crc``; the chunk also goes into ``sha`` when one is given. Both release
+    the GIL, and one worker thread takes chunks in order, so the SHA-256 sees the bodies in file order."""
+    if sha is not None:
+        sha.update(chunk)
+    return crc32(chunk, crc)
 
 
 def check_and_redigest(f: BinaryIO, directory: Directory, comment_len: int | None = None, *,
-                       into: Callable[[Record], memoryview] | None = None) -> tuple[IntegrityReport, str | None]:
+                       into: Callable[[Record], memoryview] | None = None,
+                       hash_tensors: bool = False) -> tuple[IntegrityReport, str | None]:
     """check_integrity, and (with ``comment_len``) in the same pass the digest the same bytes would have with
     that comment length in the end record: what signing after the fact needs (the rest of the file is unchanged).
 
     With ``into``, each data body is read straight into the writable buffer ``into(record)`` returns (a tensor's
     memory) and its CRC-32 is computed there: a verified load that reads the file once, not twice.
+    ``hash_tensors``: the same pass also hashes the tensor bodies (report.tensors_digest) for a signature check.
     """
     if directory.trailer_digest is None:
         return IntegrityReport(False, ["no integrity trailer"], 0), None
     problems: list[str] = []
     meta = hashlib.sha256()
+    tensors = hashlib.sha256() if hash_tensors else None
     checked = 0
     eocd_at = directory.eocd_offset
     regions = list(_regions(directory, eocd_at))
@@ -420,7 +450,7 @@ def check_and_redigest(f: BinaryIO, directory: Directory, comment_len: int | Non
             if rec is not None and into is not None:
                 if rec.size > READ_CHUNK and pool is None:
                     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="reprotrain-crc")
-                crc = _read_body_into(f, into(rec), start, pool)
+                crc = _read_body_into(f, into(rec), start, pool, tensors)
                 checked += rec.size
             else:
                 crc = 0
@@ -433,7 +463,7 @@ def check_and_redigest(f: BinaryIO, directory: Directory, comment_len: int | Non
                     if rec is None:
                         meta.update(chunk)
                     else:
-                        crc = crc32(chunk, crc)
+                        crc = _crc_and_hash(chunk, crc, tensors)
                     remaining -= n
                     checked += n
             if rec is not None and crc != rec.crc32:
@@ -451,11 +481,13 @@ def check_and_redigest(f: BinaryIO, directory: Directory, comment_len: int | Non
     meta.update(eocd)
     if "sha256:" + meta.hexdigest() != directory.trailer_digest:
         problems.append("metadata (pickle, manifest, zip headers or directory) does not match the integrity digest")
-    return IntegrityReport(not problems, problems, checked), other
+    tensors_digest = None if tensors is None else "sha256:" + tensors.hexdigest()
+    return IntegrityReport(not problems, problems, checked, tensors_digest), other
 
 
-def _read_body_into(f: BinaryIO, target: memoryview, start: int, pool) -> int:
-    """Fill ``target`` from the file in chunks; the CRC-32 of chunk i runs on ``pool`` while chunk i+1 is read."""
+def _read_body_into(f: BinaryIO, target: memoryview, start: int, pool, sha=None) -> int:
+    """Fill ``target`` from the file in chunks; the CRC-32 (and ``sha`` update) of chunk i runs on ``pool`` while
+    chunk i+1 is read."""
     target = target.cast("B")
     crc, pending, pos = 0, None, 0
     while pos < len(target):
@@ -467,11 +499,11 @@ def _read_body_into(f: BinaryIO, target: memoryview, start: int, pool) -> int:
                 raise ContainerError(f"truncated: file ends at byte {start + pos + filled}")
             filled += n
         if pool is None:
-            crc = crc32(chunk, crc)
+            crc = _crc_and_hash(chunk, crc, sha)
         else:
             if pending is not None:
                 crc = pending.result()
-            pending = pool.submit(crc32, chunk, crc)
+            pending = pool.submit(_crc_and_hash, chunk, crc, sha)
         pos += len(chunk)
     if pending is not None:
         crc = pending.result()

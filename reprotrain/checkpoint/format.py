@@ -93,12 +93,13 @@ def serialize(obj: Any) -> tuple[bytes, list[tuple[str, Any]]]:
 def write(fileobj: BinaryIO, manifest: dict, state: dict, *, force_zip64: bool = False, signer=None) -> str:
     """Write a checkpoint to an open binary file; return the integrity digest. The caller makes it durable.
 
-    ``signer`` (a `reprotrain.checkpoint.signing.SigningKey`) signs the integrity digest into the trailer.
+    ``signer`` (a `reprotrain.checkpoint.signing.SigningKey`) signs the integrity digest and the tensors' SHA-256
+    (hashed on the CRC-32 thread while they are written) into the trailer.
     """
     manifest_json = json.dumps(manifest, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
     # The pickled copy is rebuilt from the JSON so that it holds only plain types (no str subclasses).
     pickled, storages = serialize({"reprotrain": json.loads(manifest_json), "state": state})
-    writer = ContainerWriter(fileobj, force_zip64=force_zip64)
+    writer = ContainerWriter(fileobj, force_zip64=force_zip64, hash_tensors=signer is not None)
     writer.write_record(f"{ARCHIVE}/data.pkl", pickled)
     writer.write_record(f"{ARCHIVE}/.format_version", b"1")
     writer.write_record(f"{ARCHIVE}/.storage_alignment", str(container.ALIGNMENT).encode())

@@ -291,17 +291,20 @@ class CheckpointManager:
             try:
                 with reader.open_checkpoint(location) as opened:
                     manifest = opened.info.manifest
-                    if self.trusted_keys is not None:
-                        verdict = self.trusted_keys.check(opened.info.directory)
-                        if not verdict.ok:
-                            if explicit:
-                                raise signing.SignatureRefused(f"resume refused: {verdict.message}",
-                                                               path=opened.info.path)
-                            self.log(f"skipping checkpoint {opened.info.path.name}: {verdict.message} "
-                                     "(resume requires a trusted signature)")
-                            continue
+                    # The signature line first (cheap); the signature itself in the loading pass, which hashes
+                    # the tensors it binds, before anything is unpickled.
+                    verdict = self.trusted_keys.screen(opened.info.directory) if self.trusted_keys is not None else None
+                    if verdict is not None:
+                        raise signing.SignatureRefused(verdict.message, path=opened.info.path)
                     comparison = gate(manifest, opened.info.path, self.fingerprint, self.env_policy, self.log)
-                    obj = ckstate.load(opened, map_location=self._map_location(), verify=True)
+                    obj = ckstate.load(opened, map_location=self._map_location(), verify=True,
+                                       trusted=self.trusted_keys)
+            except signing.SignatureRefused as exc:
+                if explicit:
+                    raise signing.SignatureRefused(f"resume refused: {exc.message}", path=exc.path) from None
+                self.log(f"skipping checkpoint {Location.of(location).name}: {exc.message} "
+                         "(resume requires a trusted signature)")
+                continue
             except reader.CorruptCheckpoint as exc:
                 if explicit:
                     raise

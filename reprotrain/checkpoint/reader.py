@@ -106,11 +106,11 @@ class CheckpointInfo:
 
     @property
     def signature(self) -> dict | None:
-        """``{"key_id", "time"}`` as the signature line states them (not verified), or None when unsigned."""
+        """``{"key_id", "time", "format"}`` as the signature line states them (not verified), or None when unsigned."""
         if self.directory is None:  # a sealed framework directory: never signed (yet)
             return None
         line = self.directory.signature
-        return None if line is None else {"key_id": line.key_id, "time": line.time}
+        return None if line is None else {"key_id": line.key_id, "time": line.time, "format": line.version}
 
 
 def _open(path: "str | os.PathLike | Location"):
@@ -303,8 +303,9 @@ def check_digests(manifest: dict, *, path=None) -> None:
                 raise invalid(f"lineage/{segment['segment']}/rank_fingerprints/{rank}", f"{key} is not a key of environments")
 
 
-def check_integrity(info: CheckpointInfo, file=None) -> container.IntegrityReport:
+def check_integrity(info: CheckpointInfo, file=None, *, hash_tensors: bool = False) -> container.IntegrityReport:
     """Re-read every byte of the file (``file``: the already open one) and compare with the recorded digests.
+    ``hash_tensors``: also the tensors' SHA-256 in the same pass (report.tensors_digest), for a signature check.
 
     A sealed directory (``info.directory`` None): every file re-hashed against its sidecar record.
     """
@@ -319,7 +320,7 @@ def check_integrity(info: CheckpointInfo, file=None) -> container.IntegrityRepor
         return container.IntegrityReport(not problems, problems, checked)
     with contextlib.nullcontext(file) if file is not None else _open(info.path) as f:
         try:
-            return container.check_integrity(f, info.directory)
+            return container.check_integrity(f, info.directory, hash_tensors=hash_tensors)
         except (ContainerError, OSError) as exc:
             return container.IntegrityReport(False, [str(exc)], 0)
 

@@ -58,10 +58,15 @@ class BackgroundSaver:
             raise exc
 
     def stop(self) -> None:
-        """End the thread after the save in flight (idempotent)."""
-        if self._worker is not None and self._queue is not None:
+        """End the thread after the save in flight and join it (idempotent). Joined, not left to die with the
+        interpreter: a daemon thread still running when the interpreter finalizes is unwound where it stands,
+        and inside torch's C++ that aborts the process (docs/distributed.md, "Ending the process")."""
+        worker = self._worker
+        if worker is not None and self._queue is not None:
             self._queue.put(None)
             self._worker = None
+            if worker is not threading.current_thread():  # the garbage collector may run this on the worker
+                worker.join()
 
 
 def _loop(q: queue.Queue, saver_ref) -> None:

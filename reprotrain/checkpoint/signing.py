@@ -1,9 +1,12 @@
-"""Signed checkpoints: an Ed25519 signature of the integrity digest, in the zip comment (docs/checkpoint-format.md).
+"""Signed checkpoints: an Ed25519 signature in the zip comment (docs/checkpoint-format.md, "Signature").
 
-The signature covers the integrity digest, which covers every byte of the file, so signing costs one Ed25519
-signature (well under a millisecond) whatever the checkpoint's size. Keys are ordinary PEM / OpenSSH files; private keys whose
-permissions give the group or others any access are refused. Key material and key paths never leave this
-module: checkpoints record only the key id and the signing time.
+The signed message holds the integrity digest (every metadata byte by SHA-256) and a SHA-256 over every tensor
+body: the integrity digest binds tensors only through CRC-32s, which a forger can keep while changing the data.
+A save hashes the tensors on its CRC-32 thread while writing; a check hashes them in the pass that checks the
+CRC-32s (verify, resume). Signature format 1 signed the integrity digest alone: it is reported `weak`.
+
+Keys are ordinary PEM / OpenSSH files; private keys whose permissions give the group or others any access are
+refused. Key material and key paths never leave this module: checkpoints record only the key id and signing time.
 
 The cryptography comes from `cryptography` (pyca), imported only when a key is loaded or a signature checked.
 """
@@ -23,10 +26,9 @@ from reprotrain.checkpoint import container
 from reprotrain.checkpoint.container import SignatureLine
 from reprotrain.errors import ReprotrainError
 
-MESSAGE_PREFIX = b"reprotrain-signature/1\n"
-
-# Verdicts (docs/checkpoint-format.md, "Signature").
-TRUSTED, UNSIGNED, UNTRUSTED, BAD = "trusted", "unsigned", "untrusted", "bad"
+# Verdicts (docs/checkpoint-format.md, "Signature"). `weak`: a valid format-1 signature by a trusted key, which
+# does not bind the tensor bytes cryptographically: treated like `unsigned` (refused when a signature is required).
+TRUSTED, UNSIGNED, WEAK, UNTRUSTED, BAD = "trusted", "unsigned", "weak", "untrusted", "bad"
 
 
 class SignatureRefused(ReprotrainError):
@@ -55,9 +57,12 @@ def key_id(public_raw: bytes) -> str:
     return hashlib.sha256(public_raw).hexdigest()[:16]
 
 
-def message(digest: str, key: str, when: str) -> bytes:
-    """The signed message for an integrity digest ("sha256:<hex>"), a key id and a time."""
-    return MESSAGE_PREFIX + f"{digest}\nkey={key}\ntime={when}\n".encode("ascii")
+def message(digest: str, key: str, when: str, tensors: str | None) -> bytes:
+    """The signed message for an integrity digest and the tensors' digest (both "sha256:<hex>"), a key id and a
+    time. ``tensors`` None: the format-1 message (read only, to tell `weak` from `bad`)."""
+    if tensors is None:
+        return f"reprotrain-signature/1\n{digest}\nkey={key}\ntime={when}\n".encode("ascii")
+    return f"reprotrain-signature/2\n{digest}\ntensors={tensors}\nkey={key}\ntime={when}\n".encode("ascii")
 
 
 def _utc_now() -> str:
@@ -121,10 +126,10 @@ class SigningKey:
         _, ed25519 = _crypto()
         return TrustedKey(ed25519.Ed25519PublicKey.from_public_bytes(self.public_raw), self.key_id, "<own key>")
 
-    def sign_digest(self, digest: str, *, when: str | None = None) -> SignatureLine:
-        """The signature line for an integrity digest ("sha256:<hex>")."""
+    def sign_digest(self, digest: str, tensors: str, *, when: str | None = None) -> SignatureLine:
+        """The signature line for an integrity digest and the tensors' SHA-256 (both "sha256:<hex>")."""
         when = when or _utc_now()
-        return SignatureLine(self.key_id, when, self._key.sign(message(digest, self.key_id, when)))
+        return SignatureLine(self.key_id, when, self._key.sign(message(digest, self.key_id, when, tensors)))
 
     def private_pem(self) -> bytes:
         serialization, _ = _crypto()
@@ -164,7 +169,7 @@ def load_public_key(path: str | os.PathLike) -> TrustedKey:
 
 @dataclass(frozen=True)
 class Verdict:
-    status: str  # trusted | unsigned | untrusted | bad
+    status: str  # trusted | unsigned | weak | untrusted | bad
     key_id: str | None
     time: str | None
     message: str
@@ -202,8 +207,10 @@ class TrustedKeys:
     def key_ids(self) -> list[str]:
         return sorted(self._keys)
 
-    def check(self, directory: container.Directory) -> Verdict:
-        """The verdict on a container's signature. The caller checks the digest against the bytes (integrity).
+    def screen(self, directory: container.Directory) -> Verdict | None:
+        """What the signature line alone decides, without reading tensors: a failing verdict (unsigned, untrusted
+        key, format 1 `weak` or `bad`), or None when a trusted key signed it in format 2 and `check` with the
+        tensors' digest (container.check_integrity(..., hash_tensors=True)) must decide.
 
         ``directory`` None: a sealed framework directory, which has no signature (yet): unsigned."""
         line = directory.signature if directory is not None else None
@@ -213,23 +220,45 @@ class TrustedKeys:
         if trusted is None:
             return Verdict(UNTRUSTED, line.key_id, line.time,
                            f"signed by key {line.key_id}, which is not a trusted key")
-        try:
-            trusted.key.verify(line.signature, message(directory.trailer_digest, line.key_id, line.time))
-        except Exception:  # cryptography.exceptions.InvalidSignature
-            return Verdict(BAD, line.key_id, line.time,
-                           f"signature by key {line.key_id} does not match the checkpoint (changed after signing, or forged)")
+        if line.version == 1:
+            if not _valid(trusted, line, message(directory.trailer_digest, line.key_id, line.time, None)):
+                return _bad(line)
+            return Verdict(WEAK, line.key_id, line.time,
+                           f"signed by trusted key {line.key_id} in signature format 1, which does not bind the tensor "
+                           "bytes cryptographically; re-sign it (reprotrain sign) to have it trusted")
+        return None
+
+    def check(self, directory: container.Directory, tensors_digest: str | None) -> Verdict:
+        """The verdict on a container's signature, given the tensors' digest computed from the bytes. The caller
+        has checked the integrity digest against the bytes in the same pass."""
+        screened = self.screen(directory)
+        if screened is not None:
+            return screened
+        line = directory.signature
+        if tensors_digest is None:
+            raise ValueError("a format-2 signature is checked with the tensors' digest (hash_tensors=True)")
+        if not _valid(self._keys[line.key_id], line,
+                      message(directory.trailer_digest, line.key_id, line.time, tensors_digest)):
+            return _bad(line)
         return Verdict(TRUSTED, line.key_id, line.time, f"signed by trusted key {line.key_id} at {line.time}")
 
 
-def describe(directory: container.Directory) -> dict | None:
-    """Signer key id and time as the file states them (not verified), or None when unsigned."""
-    line = directory.signature if directory is not None else None
-    return None if line is None else {"key_id": line.key_id, "time": line.time}
+def _valid(trusted: TrustedKey, line: SignatureLine, signed: bytes) -> bool:
+    try:
+        trusted.key.verify(line.signature, signed)
+    except Exception:  # cryptography.exceptions.InvalidSignature
+        return False
+    return True
+
+
+def _bad(line: SignatureLine) -> Verdict:
+    return Verdict(BAD, line.key_id, line.time,
+                   f"signature by key {line.key_id} does not match the checkpoint (changed after signing, or forged)")
 
 
 def require(verdict: Verdict, *, path, require_signature: bool = True) -> None:
-    """Raise SignatureRefused (exit 5) unless the verdict is acceptable."""
-    if verdict.status == UNSIGNED and not require_signature:
+    """Raise SignatureRefused (exit 5) unless the verdict is acceptable (`weak` counts as unsigned)."""
+    if verdict.status in (UNSIGNED, WEAK) and not require_signature:
         return
     if not verdict.ok:
         raise SignatureRefused(verdict.message, path=path)
@@ -243,8 +272,8 @@ def sign_file(path: str | os.PathLike, key: SigningKey, *, log=None) -> Verdict:
     original trailer) while the digest with the signed comment length is computed; then the signature is
     appended, the copy made durable and renamed over the original, and the directory made durable. In a run
     directory the run's writer lock is held throughout (RunDirectoryBusy while a writer owns it).
-    A file already signed by ``key`` is left as it is; one whose signature by ``key`` does not match is refused
-    (re-signing it would vouch for a change made after signing).
+    A file already signed by ``key`` is left as it is (a format-1 signature is replaced by a format-2 one); one
+    whose signature by ``key`` does not match is refused (re-signing it would vouch for a change made after signing).
     """
     from reprotrain.checkpoint import reader, store
     from reprotrain.checkpoint.location import Location
@@ -271,13 +300,17 @@ def _sign_locked(path: Path, key: SigningKey, reader, store) -> Verdict:
         directory = opened.info.directory
         previous = directory.signature
         if previous is not None and previous.key_id == key.key_id:
-            verdict = TrustedKeys([key]).check(directory)
+            own = TrustedKeys([key])
+            verdict = own.screen(directory)  # format 1 by this key: `weak` (re-signed below) or `bad`
+            if verdict is None:
+                report = container.check_integrity(opened.file, directory, hash_tensors=True)
+                if not report.ok:
+                    raise reader.CorruptCheckpoint("; ".join(report.problems), path=path)
+                verdict = own.check(directory, report.tensors_digest)
             if verdict.status == BAD:
                 raise SignatureRefused(f"{verdict.message}; refusing to re-sign it", path=path)
-            report = container.check_integrity(opened.file, directory)
-            if not report.ok:
-                raise reader.CorruptCheckpoint("; ".join(report.problems), path=path)
-            return verdict
+            if verdict.ok:
+                return verdict
         src = opened.file.fileno()
         mode = stat.S_IMODE(os.fstat(src).st_mode)
         tmp = path.parent / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}{store.PARTIAL_SUFFIX}"
@@ -288,10 +321,11 @@ def _sign_locked(path: Path, key: SigningKey, reader, store) -> Verdict:
         try:
             _copy_range(src, fd, directory.comment_start)  # everything up to the comment, end record included
             with open(fd, "rb", buffering=0, closefd=False) as copy:
-                report, digest = container.check_and_redigest(copy, directory, container.SIGNED_COMMENT_LEN)
+                report, digest = container.check_and_redigest(copy, directory, container.SIGNED_COMMENT_LEN,
+                                                              hash_tensors=True)
             if not report.ok:
                 raise reader.CorruptCheckpoint("; ".join(report.problems), path=path)
-            line = key.sign_digest(digest)
+            line = key.sign_digest(digest, report.tensors_digest)
             os.pwrite(fd, container.SIGNED_COMMENT_LEN.to_bytes(2, "little"), directory.comment_start - 2)
             comment = container.TRAILER_PREFIX + digest.split(":", 1)[1].encode("ascii") + b"\n" + line.encode()
             _write_all(fd, comment, directory.comment_start)

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from reprotrain.checkpoint import container, reader
+from reprotrain.checkpoint import container, reader, signing
 from reprotrain.errors import ReprotrainError, torch_message
 
 # Exact types: subclasses (numpy.str_, TorchVersion, defaultdict) would pickle as their own class.
@@ -109,22 +109,26 @@ class Snapshot:
 
 
 def load(source: "str | os.PathLike | reader.OpenCheckpoint", *, map_location: Any = "cpu", mmap: bool = False,
-         verify: bool = False) -> dict:
+         verify: bool = False, trusted=None) -> dict:
     """Load a checkpoint's object with the weights-only unpickler: {"reprotrain": manifest, "state": ...}.
 
     ``source`` is a path or an already open checkpoint (reader.open_checkpoint): then the very bytes whose
     manifest and integrity were checked are loaded, whatever happened to the path since. With ``verify`` (an
     open checkpoint only) every byte is checked against the integrity trailer while it is loaded, in one pass
     over the file: each tensor record is read straight into its tensor's memory and its CRC-32 computed there.
+    ``trusted`` (a `signing.TrustedKeys`, with ``verify``): the same pass hashes the tensors and the signature must
+    be a trusted one (signing.SignatureRefused otherwise), before anything is unpickled.
     """
     path = source.info.path if isinstance(source, reader.OpenCheckpoint) else source
     try:
         if isinstance(source, reader.OpenCheckpoint):
+            if trusted is not None and not verify:
+                raise ValueError("a signature is checked with the integrity pass: load(..., verify=True, trusted=...)")
             if verify and not mmap and _loads_on_cpu(map_location):
-                obj = _load_verified(source)
+                obj = _load_verified(source, trusted)
             else:
                 if verify:
-                    _check_integrity(source)
+                    _check_integrity(source, trusted)
                 obj = _load_open(source.file, map_location=map_location, mmap=mmap)
         elif reader.is_url(path):  # object stores: read through fsspec (no mmap over the network)
             with reader._open(path) as f:
@@ -132,7 +136,7 @@ def load(source: "str | os.PathLike | reader.OpenCheckpoint", *, map_location: A
         else:  # through an open regular file (a FIFO or device named .pth is refused, never handed to torch)
             with reader._open(path) as f:
                 obj = _load_open(f, map_location=map_location, mmap=mmap)
-    except reader.CorruptCheckpoint:
+    except (reader.CorruptCheckpoint, signing.SignatureRefused):
         raise
     except Exception as exc:  # torch raises many types for damaged files; all mean the same to the user
         raise reader.CorruptCheckpoint(f"cannot load: {torch_message(exc)}", path=path) from None
@@ -145,13 +149,21 @@ def _loads_on_cpu(map_location: Any) -> bool:
     return map_location is None or str(map_location) == "cpu"
 
 
-def _check_integrity(opened: "reader.OpenCheckpoint") -> None:
-    result = reader.check_integrity(opened.info, opened.file)
+def _check_integrity(opened: "reader.OpenCheckpoint", trusted=None) -> None:
+    result = reader.check_integrity(opened.info, opened.file, hash_tensors=trusted is not None)
     if not result.ok:
         raise reader.CorruptCheckpoint("; ".join(result.problems), path=opened.info.path)
+    _check_signature(opened, trusted, result)
 
 
-def _load_verified(opened: "reader.OpenCheckpoint"):
+def _check_signature(opened: "reader.OpenCheckpoint", trusted, report: container.IntegrityReport) -> None:
+    if trusted is not None:
+        verdict = trusted.check(opened.info.directory, report.tensors_digest)
+        if not verdict.ok:
+            raise signing.SignatureRefused(verdict.message, path=opened.info.path)
+
+
+def _load_verified(opened: "reader.OpenCheckpoint", trusted=None):
     """One pass: tensor bodies into tensor memory (CRC-32 checked), metadata through SHA-256, then the
     weights-only unpickler over the checked pickle, its storages taken from the tensors already read."""
     import sys
@@ -161,7 +173,7 @@ def _load_verified(opened: "reader.OpenCheckpoint"):
     records = directory.records
     byteorder = records.get(f"{container.ARCHIVE}/byteorder")
     if byteorder is not None and container.read_record(f, byteorder).decode("ascii", "replace") != sys.byteorder:
-        _check_integrity(opened)  # rare: let torch swap the bytes
+        _check_integrity(opened, trusted)  # rare: let torch swap the bytes
         return _load_open(f, map_location="cpu", mmap=False)
     storages: dict[str, torch.UntypedStorage] = {}
 
@@ -171,11 +183,12 @@ def _load_verified(opened: "reader.OpenCheckpoint"):
         return memoryview(memory.numpy())
 
     try:
-        report, _ = container.check_and_redigest(f, directory, into=into)
+        report, _ = container.check_and_redigest(f, directory, into=into, hash_tensors=trusted is not None)
     except (container.ContainerError, OSError) as exc:
         raise reader.CorruptCheckpoint(f"damaged checkpoint: {exc}", path=path) from None
     if not report.ok:
         raise reader.CorruptCheckpoint("; ".join(report.problems), path=path)
+    _check_signature(opened, trusted, report)
     pickle_record = records.get(f"{container.ARCHIVE}/data.pkl")
     if pickle_record is None:
         raise reader.CorruptCheckpoint("no archive/data.pkl record", path=path)

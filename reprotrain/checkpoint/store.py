@@ -29,9 +29,9 @@ def resume_candidates(entries: list[Entry], *, report: Callable[[str], None] | N
                       trusted=None) -> list[Entry]:
     """Resumable checkpoints by their manifests, newest first; unreadable files are reported.
 
-    ``trusted`` (a `reprotrain.checkpoint.signing.TrustedKeys`): only checkpoints signed by one of these keys
-    (their signature checked against the recorded digest; the caller checks the digest against the bytes);
-    the others are reported and skipped.
+    ``trusted`` (a `reprotrain.checkpoint.signing.TrustedKeys`): only checkpoints whose signature line names one of
+    these keys in the current format (`TrustedKeys.screen`); the others are reported and skipped. The signature
+    itself binds the tensors' SHA-256: the loader checks it in the pass that reads them (state.load(trusted=...)).
     """
     report = report or (lambda msg: None)
     for entry in entries:
@@ -42,8 +42,8 @@ def resume_candidates(entries: list[Entry], *, report: Callable[[str], None] | N
         return picked
     kept = []
     for entry in picked:
-        verdict = trusted.check(entry.info.directory)
-        if verdict.ok:
+        verdict = trusted.screen(entry.info.directory)
+        if verdict is None:
             kept.append(entry)
         else:
             report(f"skipping checkpoint {entry.path.name}: {verdict.message} (resume requires a trusted signature)")
