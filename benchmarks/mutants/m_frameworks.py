@@ -79,4 +79,12 @@ MUTANTS = [
          old="        changes = self._environment_changes()",
          new="        changes = []",
          tests=[_WANDB + "test_environment_change_between_segments_is_logged"]),
+    dict(name="framework-second-sigint-ends-the-process", path="reprotrain/checkpoint/guard.py",
+         old="                self.restore()\n                self.log(\"SIGINT again",
+         new="                raise SystemExit(130)\n                self.log(\"SIGINT again",
+         tests=["tests/test_integration_signals.py::test_second_sigint_raises_keyboardinterrupt_and_gives_the_handlers_back"]),
+    dict(name="framework-handlers-kept-after-second-sigint", path="reprotrain/checkpoint/guard.py",
+         old="                self.restore()\n                self.log(\"SIGINT again",
+         new="                self.log(\"SIGINT again",
+         tests=["tests/test_integration_signals.py::test_second_sigint_raises_keyboardinterrupt_and_gives_the_handlers_back"]),
 ]

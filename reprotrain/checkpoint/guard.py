@@ -104,3 +104,44 @@ class SignalGuard:
             hint = (" (press Ctrl-C again to exit at once)" if cli else
                     " (interrupt again to stop at once without saving)")
         manager.log(f"{name} received: saving an interrupted checkpoint at the end of this step{hint}")
+
+
+class StopRequest:
+    """SIGINT/SIGTERM as a request to save `interrupted` at the next boundary, for loops the manager does not run
+    (the Lightning, Hugging Face and Accelerate integrations); the same rules as the manager's guard in process.
+
+    ``install()`` (main thread only) takes both signals; ``restore()`` puts the previous handlers back. The first
+    signal sets ``pending``. Again: a second SIGINT restores the handlers and raises KeyboardInterrupt where the
+    main thread is, without a save (a notebook kernel survives; the last saved checkpoint is where a re-run
+    resumes); a second SIGTERM only says the save is still due. Nothing here ends the process.
+    """
+
+    def __init__(self, log, unit: str = "step"):
+        self.log, self.unit = log, unit
+        self.pending: str | None = None
+        self._previous: dict = {}
+
+    def install(self) -> None:
+        if self._previous or threading.current_thread() is not threading.main_thread():
+            return
+        for sig in _SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._on_signal)
+
+    def restore(self) -> None:
+        previous, self._previous = self._previous, {}
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+    def _on_signal(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self.pending is not None:
+            if name == "SIGINT":
+                self.restore()
+                self.log("SIGINT again: stopping now without a checkpoint (the last saved one is where a "
+                         "re-run resumes)")
+                raise KeyboardInterrupt("second SIGINT: stopped without a checkpoint")
+            self.log(f"{name} again: the interrupted checkpoint is still due at the end of this {self.unit}")
+            return
+        self.pending = name
+        hint = " (interrupt again to stop at once without saving)" if name == "SIGINT" else ""
+        self.log(f"{name} received: saving an interrupted checkpoint at the end of this {self.unit}{hint}")

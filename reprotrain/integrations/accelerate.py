@@ -29,14 +29,13 @@ import contextlib
 import os
 import re
 import shutil
-import signal
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
 from reprotrain import fingerprint as fp
 from reprotrain.checkpoint import sealed, store
+from reprotrain.checkpoint.guard import StopRequest
 from reprotrain.checkpoint.manager import Interrupted
 from reprotrain.errors import ReprotrainError
 from reprotrain.integrations.history import EXIT_CODES, SIGNAL_END_REASON, RunHistory, stderr_log
@@ -71,7 +70,7 @@ class ReprotrainAccelerate:
         self.last_saved: Path | None = None
         self._saving: str | None = None
         self._verified: set[str] = set()
-        self._pending: str | None = None
+        self._signals = StopRequest(self.log)
         accelerator.register_save_state_pre_hook(self._save_pre_hook)
         accelerator.register_load_state_pre_hook(self._load_pre_hook)
 
@@ -153,39 +152,30 @@ class ReprotrainAccelerate:
     # ------------------------------------------------------------------ loop helpers
     @contextlib.contextmanager
     def guard(self):
-        """SIGINT/SIGTERM become an `interrupted` checkpoint at the next step_done (a second SIGINT exits at once)."""
-        previous = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                previous[sig] = signal.signal(sig, self._on_signal)
+        """SIGINT/SIGTERM become an `interrupted` checkpoint at the next step_done; a second SIGINT raises
+        KeyboardInterrupt at once, without a save (checkpoint.guard.StopRequest). The handlers are restored however
+        the block ends."""
+        self._signals.install()
         for tracker in self.trackers:
             tracker.start()
         try:
             yield self
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    def _on_signal(self, signum, frame) -> None:
-        name = signal.Signals(signum).name
-        if self._pending is not None and name == "SIGINT":
-            os._exit(self.exit_codes["SIGINT"])
-        self._pending = name
-        self.log(f"{name} received: saving an interrupted checkpoint at the end of this step "
-                 "(press Ctrl-C again to exit at once)")
+            self._signals.restore()
 
     def step_done(self, *, step: int, epoch: int, position: Mapping | None = None,
                   metrics: Mapping | None = None) -> Path | None:
         """Log metrics to trackers; save every ``save_every`` steps; after a signal save `interrupted` and exit."""
         for tracker in self.trackers:
             tracker.log_metrics(step, dict(metrics or {}))
-        if self._pending is not None:
-            name = self._pending
+        name = self._signals.pending
+        if name is not None:
             path = self.save(step=step, epoch=epoch, position=position, metrics=metrics, kind="interrupted",
                              end_reason=SIGNAL_END_REASON[name], reason=f"received {name}")
             for tracker in self.trackers:
                 tracker.end(SIGNAL_END_REASON[name])
-            self.log(f"{name}: saved {path}; exiting with code {self.exit_codes[name]}")
+            self.log(f"{name}: saved {path}; training stops (Interrupted, exit code {self.exit_codes[name]} when "
+                     "uncaught); run it again to resume from there")
             raise Interrupted(name, self.exit_codes[name], path)
         if self.save_every and step % self.save_every == 0:
             return self.save(step=step, epoch=epoch, position=position, metrics=metrics)

@@ -21,8 +21,6 @@ transformers is imported only by this module (``reprotrain --help`` never import
 from __future__ import annotations
 
 import os
-import signal
-import threading
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -30,6 +28,7 @@ from transformers import TrainerCallback
 
 from reprotrain import fingerprint as fp
 from reprotrain.checkpoint import reader, sealed, store
+from reprotrain.checkpoint.guard import StopRequest
 from reprotrain.errors import ReprotrainError
 from reprotrain.integrations.history import EXIT_CODES, SIGNAL_END_REASON, RunHistory, stderr_log
 
@@ -68,8 +67,7 @@ class ReprotrainCallback(TrainerCallback):
         self.stopped_by: str | None = None  # SIGINT / SIGTERM once an interrupted checkpoint was sealed
         self.last_sealed: Path | None = None
         self.trackers: list = []  # e.g. a WandbTracker: told about segments and saves
-        self._pending: str | None = None
-        self._previous: dict = {}
+        self._signals = StopRequest(self.log)
         self._resumed = False
 
     # ------------------------------------------------------------------ resume
@@ -90,20 +88,11 @@ class ReprotrainCallback(TrainerCallback):
                 self.history.adopt(info.manifest, candidate)
         for tracker in self.trackers:
             tracker.start()
-        if self.handle_signals and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._on_signal)
-
-    def _on_signal(self, signum, frame) -> None:
-        name = signal.Signals(signum).name
-        if self._pending is not None and name == "SIGINT":
-            os._exit(self.exit_codes["SIGINT"])  # second Ctrl-C: leave now (the unsealed directory is ignored)
-        self._pending = name
-        self.log(f"{name} received: saving an interrupted checkpoint at the end of this step "
-                 "(press Ctrl-C again to exit at once)")
+        if self.handle_signals:
+            self._signals.install()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self._pending is not None:
+        if self._signals.pending is not None:
             control.should_save = True
             control.should_training_stop = True
         return control
@@ -122,8 +111,9 @@ class ReprotrainCallback(TrainerCallback):
         directory = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if not args.should_save or not directory.is_dir():
             return control
-        if self._pending is not None:
-            kind, end, reason = "interrupted", SIGNAL_END_REASON[self._pending], f"received {self._pending}"
+        pending = self._signals.pending
+        if pending is not None:
+            kind, end, reason = "interrupted", SIGNAL_END_REASON[pending], f"received {pending}"
         else:
             done = state.max_steps and state.global_step >= state.max_steps
             kind, end, reason = "latest", "completed" if done else "running", None
@@ -141,17 +131,15 @@ class ReprotrainCallback(TrainerCallback):
         self.last_sealed = directory
         for tracker in self.trackers:
             tracker.checkpoint(directory, kind)
-        if self._pending is not None:
-            self.stopped_by = self._pending
-            self.log(f"{self._pending}: saved {directory}; training stops")
+        if pending is not None:
+            self.stopped_by = pending
+            self.log(f"{pending}: saved {directory}; training stops")
             for tracker in self.trackers:
                 tracker.end(end)
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
+        self._signals.restore()
         if self.stopped_by is None:
             for tracker in self.trackers:
                 tracker.end("completed")

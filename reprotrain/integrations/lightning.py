@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import enum
 import os
-import signal
-import threading
 from collections import OrderedDict
 from pathlib import PurePath
 from typing import Any, Callable, Mapping
@@ -41,6 +39,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from reprotrain import fingerprint as fp
 from reprotrain.checkpoint import format as ckformat, reader, rng, state as ckstate, store
+from reprotrain.checkpoint.guard import StopRequest
 from reprotrain.checkpoint.manager import Interrupted
 from reprotrain.checkpoint.state import UnsafeState
 from reprotrain.errors import ReprotrainError
@@ -210,8 +209,7 @@ class ReprotrainModelCheckpoint(ModelCheckpoint):
         self.exit_codes = {**EXIT_CODES, **dict(exit_codes or {})}
         self.trackers: list = []
         self.io: ReprotrainCheckpointIO | None = None
-        self._pending: str | None = None
-        self._previous: dict = {}
+        self._signals = StopRequest(self._log, unit="batch")
 
     # ------------------------------------------------------------------ resume
     def _find_last_checkpoints(self, trainer) -> set[str]:
@@ -232,39 +230,31 @@ class ReprotrainModelCheckpoint(ModelCheckpoint):
     def on_train_start(self, trainer, pl_module) -> None:
         for tracker in self.trackers:
             tracker.start()
-        if self.handle_signals and threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._on_signal)
-
-    def _on_signal(self, signum, frame) -> None:
-        name = signal.Signals(signum).name
-        if self._pending is not None and name == "SIGINT":
-            os._exit(self.exit_codes["SIGINT"])  # second Ctrl-C: leave now (a partial file is removed next time)
-        self._pending = name
-        self._log(f"{name} received: saving an interrupted checkpoint at the end of this batch "
-                  "(press Ctrl-C again to exit at once)")
+        if self.handle_signals:
+            self._signals.install()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         for tracker in self.trackers:
             tracker.log_metrics(trainer.global_step, {k: v for k, v in trainer.callback_metrics.items()})
-        if self._pending is None:
+        name = self._signals.pending
+        if name is None:
             return
-        name = self._pending
         path = os.path.join(self.dirpath, f"step{trainer.global_step:010d}-interrupted{self.FILE_EXTENSION}") \
             if not reader.is_url(os.fspath(self.dirpath)) else \
             f"{os.fspath(self.dirpath).rstrip('/')}/step{trainer.global_step:010d}-interrupted{self.FILE_EXTENSION}"
         self.io.mark_next_save("interrupted", SIGNAL_END_REASON[name], f"received {name}")
         trainer.save_checkpoint(path)
-        self._restore_signals()
+        self._signals.restore()
         for tracker in self.trackers:
             tracker.end(SIGNAL_END_REASON[name])
-        self._log(f"{name}: saved {path}; exiting with code {self.exit_codes[name]}")
+        self._log(f"{name}: saved {path}; training stops (Interrupted, exit code {self.exit_codes[name]} when "
+                  "uncaught); run it again to resume from there")
         raise Interrupted(name, self.exit_codes[name], path)
 
     def on_train_end(self, trainer, pl_module) -> None:
         super().on_train_end(trainer, pl_module)
-        self._restore_signals()
+        self._signals.restore()
         if self.io is not None and trainer.global_step > 0 and self.save_last:
             self.io.mark_next_save("latest", "completed")
             path = self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
@@ -274,12 +264,7 @@ class ReprotrainModelCheckpoint(ModelCheckpoint):
             tracker.end("completed")
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self._restore_signals()
-
-    def _restore_signals(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
+        self._signals.restore()
 
 
 __all__ = ["ReprotrainCheckpointIO", "ReprotrainModelCheckpoint", "newest_valid_checkpoint", "to_plain",

@@ -1,13 +1,14 @@
 """Run by tests/test_process_exit.py under torchrun (2 ranks, gloo): prints what process_exit sees, one JSON line per rank.
 
-- `busy_seen`: while a large all_reduce runs, quiesce with no time to wait says at least once that a worker is
-  busy (a worker just handed work may not have woken yet, so one look is not enough);
+- `busy_while_waiting` (rank 0): rank 0 starts an all_reduce that rank 1 joins only a second later; meanwhile
+  rank 0's worker waits for rank 1's data (a timed wait: not idle), so quiesce with no time to wait says False;
 - `after_collective`: after the collective finished and was dropped: every worker is idle (True);
 - `ddp_workers_after_destroy`: a DDP model holds the group, so destroy_process_group leaves its workers running;
 - `ddp_quiesced`: quiesce still sees them idle, which is what makes the interpreter's end safe.
 """
 
 import json
+import time
 
 import torch
 import torch.distributed as dist
@@ -17,11 +18,13 @@ from reprotrain.checkpoint import process_exit
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 report = {"rank": rank}
-big = torch.ones(64 * 1024 * 1024 // 4)  # 64 MiB: the exchange takes long enough to be seen in flight
-work = dist.all_reduce(big, async_op=True)
-report["busy_seen"] = False
-while not work.is_completed() and not report["busy_seen"]:
-    report["busy_seen"] = not process_exit.quiesce(timeout_s=0.0)
+data = torch.ones(1024)
+if rank == 1:
+    time.sleep(1.0)  # rank 0's collective is in flight, waiting for this rank, all this time
+work = dist.all_reduce(data, async_op=True)
+if rank == 0:
+    time.sleep(0.3)  # let the worker take the work
+    report["busy_while_waiting"] = not process_exit.quiesce(timeout_s=0.0)
 work.wait()
 del work
 report["after_collective"] = process_exit.quiesce()
