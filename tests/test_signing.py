@@ -510,3 +510,10 @@ def test_format1_signature_is_weak_and_a_downgrade_is_bad(signed, keys, tmp_path
     # reprotrain sign upgrades a weak signature by its own key to format 2.
     assert signing.sign_file(weak, alice_key).ok
     assert reader.read_info(weak).signature["format"] == 2 and _verdict(weak, alice_pub).ok
+
+
+def test_sharded_managers_refuse_keys_instead_of_resuming_unsigned_directories(tmp_path, keys):
+    for option in ({"trusted_keys": [keys["alice"][2]]}, {"signing_key": keys["alice"][1]}):
+        with pytest.raises(ReprotrainError, match="not available with sharded=True"):
+            CheckpointManager(tmp_path / "run", torch.nn.Linear(8, 4), sharded=True, **option)
+        assert not (tmp_path / "run").exists()  # refused before anything was created

@@ -152,6 +152,10 @@ class CheckpointManager:
         if self.sharded:
             if opts.async_save:
                 raise ReprotrainError("async_save is not available with sharded=True (sharded saves are synchronous)")
+            if opts.signing_key is not None or opts.trusted_keys is not None:
+                # Refused, not ignored: trusted keys would otherwise let resume pick an unsigned directory.
+                raise ReprotrainError("signing_key and trusted_keys are not available with sharded=True: sharded "
+                                      "checkpoint directories are not signed yet")
             self.rank, self.world_size = ckshard.rank_and_world()
             self.should_write = self.rank == 0
             if self.rank and opts.log is None:  # every rank runs the same code: say which rank a message is from
