@@ -205,3 +205,31 @@ def test_a_rank_dying_mid_save_leaves_the_previous_checkpoint_resumable(tmp_path
     assert [e.info.manifest["step"] for e in resumable] == [10], out
     assert not list(run.glob(f"*{store.PARTIAL_SUFFIX}"))
     assert store.select_for_resume(store.list_checkpoints(run)).info.manifest["step"] == 10
+
+
+def test_ddp_checkpoints_are_signed_and_a_trusted_resume_skips_a_forged_one(tmp_path):
+    """Signing under torchrun: the writer rank signs every checkpoint; every rank resuming with trusted keys checks
+    the signature over the tensors and falls back past a newest checkpoint whose tensors were changed with every
+    CRC-32 kept (tests/test_signing.py's forgery)."""
+    from reprotrain.checkpoint import signing
+    from test_signing import _forge_tensor
+
+    key = tmp_path / "key"
+    signing.write_key_pair(key)
+    run = tmp_path / "run"
+    code, out = finish(torchrun(2, "--run-dir", str(run), "--epochs", "1", "--sign-key", str(key), *TASK))
+    assert code == 0, out
+    saved = checkpoints(run)
+    assert len(saved) >= 3
+    result = run_cli("verify", "--trusted-key", str(key) + ".pub", "--require-signature",
+                     *[str(e.path) for e in saved], cwd=PROJECT_ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    forged = newest(run)
+    _forge_tensor(forged.path, tmp_path / "forged.pth")
+    os.replace(tmp_path / "forged.pth", forged.path)
+    code, out = finish(torchrun(2, "--run-dir", str(run), "--epochs", "2", "--trusted-key", str(key) + ".pub",
+                                "--sign-key", str(key), *TASK))
+    assert code == 0, out
+    assert f"skipping checkpoint {forged.path.name}" in out and "does not match" in out, out
+    resumed = [m for m in metrics(run) if m["kind"] == "resume"]
+    assert resumed and resumed[-1]["step"] < forged.info.manifest["step"], resumed
