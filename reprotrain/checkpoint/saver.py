@@ -26,23 +26,26 @@ class BackgroundSaver:
         self.committed: list = []  # paths committed since the caller last looked (it reports them)
 
     def submit(self, name: str, manifest: dict, state: dict) -> None:
-        self.wait()
+        self.wait()  # also: the snapshot buffers are free again (the previous save has written them)
         snap = self._snapshot.take(state)
-        self._snapshot.sync()
+        copied = self._snapshot.copied()  # CUDA: the device-to-host copies still run; the saving thread waits
         if self._worker is None:
             self._queue = queue.Queue(maxsize=1)
             self._worker = threading.Thread(target=_loop, args=(self._queue, weakref.ref(self)),
                                             name="reprotrain-save", daemon=True)
             self._worker.start()
-        self._queue.put((name, manifest, snap))
+        self._queue.put((name, manifest, snap, copied))
 
     def _run(self, item) -> None:
         commit = self._commit()
         if commit is None:
             return  # the manager is gone: nobody to commit for
+        name, manifest, snap, copied = item
         try:
-            path = commit(*item)
-            self.committed.append((path, item[1]))  # after the commit: the caller pops from this very list
+            for event in copied:
+                event.synchronize()
+            path = commit(name, manifest, snap)
+            self.committed.append((path, manifest))  # after the commit: the caller pops from this very list
         except BaseException as exc:  # surfaced on the training thread at the next call
             self._error = exc
 

@@ -79,11 +79,14 @@ class Snapshot:
     """Reusable CPU buffers for copying a state tree off the training thread's tensors (asynchronous saves).
 
     Buffers are kept between saves, keyed by position in the tree, so a steady-state snapshot is a memcpy
-    into memory that is already mapped (no page faults, no allocator traffic).
+    into memory that is already mapped (no page faults, no allocator traffic). CUDA tensors are copied into pinned
+    buffers without blocking: ``copied()`` then gives the events the copies complete at, which the saving thread
+    waits for; the training thread goes on at once (its next kernels queue behind the copies on the same stream).
     """
 
     def __init__(self):
         self._buffers: dict[str, torch.Tensor] = {}
+        self._cuda_devices: set[torch.device] = set()  # devices copied from since the last copied()
 
     def take(self, tree: Any, where: str = "") -> Any:
         if isinstance(tree, torch.Tensor):
@@ -93,6 +96,8 @@ class Snapshot:
                                   pin_memory=tree.is_cuda and torch.cuda.is_available())
                 self._buffers[where] = buf
             buf.copy_(tree.detach(), non_blocking=tree.is_cuda)
+            if tree.is_cuda:
+                self._cuda_devices.add(tree.device)
             return buf
         if isinstance(tree, dict):
             return type(tree)((k, self.take(v, f"{where}/{k}")) for k, v in tree.items()) \
@@ -103,9 +108,16 @@ class Snapshot:
             return tuple(self.take(v, f"{where}/{i}") for i, v in enumerate(tree))
         return tree  # immutable plain value
 
-    def sync(self) -> None:
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.synchronize()
+    def copied(self) -> list:
+        """Events, one per CUDA device copied from, recorded on its current stream after the last ``take``'s copies:
+        the buffers hold the snapshot once every event has completed (``event.synchronize()``). Empty for CPU state."""
+        events = []
+        for device in self._cuda_devices:
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(device))
+            events.append(event)
+        self._cuda_devices.clear()
+        return events
 
 
 def load(source: "str | os.PathLike | reader.OpenCheckpoint", *, map_location: Any = "cpu", mmap: bool = False,
