@@ -186,13 +186,15 @@ def test_cli_verify_json_and_exit_codes(checkpoint, recorded, tmp_path, realworl
     assert bad.exit_code == 2 and "reprotrain: error:" in bad.output and "missing.json" in bad.output
 
 
-def test_no_digest_verify_imports_no_torch(checkpoint, recorded, tmp_path):
+def test_no_digest_verify_imports_no_torch_and_no_foreign_file_classifier(checkpoint, recorded, tmp_path):
     against = write_fingerprint(tmp_path / "fp.json", recorded)
     code = ("import sys\nfrom reprotrain.cli import main\n"
             f"sys.argv = ['reprotrain', 'verify', '--no-digest', '--against', {str(against)!r}, {str(checkpoint)!r}]\n"
-            "try:\n    main()\nexcept SystemExit as exc:\n    print('exit', exc.code, 'torch' in sys.modules)\n")
+            "try:\n    main()\nexcept SystemExit as exc:\n    print('exit', exc.code, 'torch' in sys.modules,\n"
+            "          'reprotrain.audit.classify' in sys.modules)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.stdout.strip().splitlines()[-1] == "exit 0 False", done.stdout + done.stderr
+    # The classifier of foreign files (tarfile, tempfile: ~50 ms of a CLI start) is imported only for one.
+    assert done.stdout.strip().splitlines()[-1] == "exit 0 False False", done.stdout + done.stderr
 
 
 def test_inspect_digest_equal_exactly_for_bit_identical_weights(tmp_path, recorded):

@@ -16,7 +16,6 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Iterable
 
-from reprotrain.audit import classify as foreign
 from reprotrain.checkpoint import reader
 from reprotrain.checkpoint.location import Location
 from reprotrain.errors import ReprotrainError
@@ -136,6 +135,8 @@ def _verify_one(path: Location, reference: _Reference, digest: bool, trusted=Non
     except reader.NotACheckpoint as exc:
         if path.is_dir():  # a framework checkpoint directory that was never sealed (or whose writer died first)
             return VerifyResult(shown, 3, "unsealed-directory", exc.message)
+        from reprotrain.audit import classify as foreign  # only for what is not a checkpoint: ~50 ms of imports
+
         verdict = foreign.classify(path)
         return VerifyResult(shown, verdict.exit_code, verdict.category, verdict.reason)
     except reader.UnsafeCheckpoint as exc:
