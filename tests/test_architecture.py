@@ -21,35 +21,23 @@ PACKAGE = PROJECT_ROOT / "reprotrain"
 
 def parse_layers(text: str) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
     """{layer: layers it may import}, {layer: third-party modules it must not import} from the ```layers block."""
-    return _parse(text)[:2]
-
-
-def known_cycles(text: str) -> list[list[str]]:
-    """The module cycles the document admits (``cycle a, b`` lines: debts to pay, named so none is added silently)."""
-    return _parse(text)[2]
-
-
-def _parse(text: str):
     match = re.search(r"^```layers\n(.*?)^```", text, re.S | re.M)
     if match is None:
         raise AssertionError(f"{DOC}: no ```layers block")
     allowed: dict[str, set[str]] = {}
     forbidden: dict[str, set[str]] = {}
-    admitted: list[list[str]] = []
     for number, line in enumerate(match.group(1).splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         if m := re.fullmatch(r"(\w+)\s*->\s*([\w,\s]*)", line):
             allowed[m.group(1)] = {name.strip() for name in m.group(2).split(",") if name.strip()}
-        elif m := re.fullmatch(r"cycle\s+([\w.,\s]+)", line):
-            admitted.append(sorted(n.strip() for n in m.group(1).split(",") if n.strip()))
         elif m := re.fullmatch(r"(\w+)\s*-x\s*([\w.,\s]+)", line):
             forbidden.setdefault(m.group(1), set()).update(n.strip() for n in m.group(2).split(",") if n.strip())
         else:
-            raise AssertionError(f"{DOC}: line {number} of the layers block is neither `a -> b, c`, `a -x m` nor "
-                                 f"`cycle m1, m2`: {line}")
-    return allowed, forbidden, admitted
+            raise AssertionError(f"{DOC}: line {number} of the layers block is neither `a -> b, c` nor `a -x m`: "
+                                 f"{line}")
+    return allowed, forbidden
 
 
 def module_names(root: Path = PACKAGE) -> dict[str, Path]:
@@ -178,9 +166,8 @@ def test_every_import_follows_an_arrow_of_the_document():
 
 
 def test_no_import_cycle_between_modules():
-    """No cycle between modules, function-level imports included, except those the document admits by name."""
-    found = cycles(imports_of(module_names()))
-    assert [c for c in found if c not in known_cycles(DOC.read_text(encoding="utf-8"))] == []
+    """No cycle between modules, function-level imports included; the document cannot admit one."""
+    assert cycles(imports_of(module_names())) == []
 
 
 def test_a_planted_upward_import_fails(tmp_path):
@@ -221,7 +208,8 @@ def test_the_old_checkpoint_integrations_cycle_would_fail(tmp_path):
     assert ["reprotrain.checkpoint.store", "reprotrain.integrations.objectstore"] in cycles(graph)
 
 
-@pytest.mark.parametrize("line", ["cli => training", "a -> b -> c"])
+@pytest.mark.parametrize("line", ["cli => training", "a -> b -> c",
+                                  "cycle reprotrain.checkpoint.reader, reprotrain.checkpoint.sealed"])
 def test_a_malformed_layers_line_is_an_error(line):
     with pytest.raises(AssertionError, match="neither"):
         parse_layers(f"```layers\nerrors ->\n{line}\n```\n")

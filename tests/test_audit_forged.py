@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from reprotrain import fingerprint as fp
 from reprotrain.audit import list_run, verify_paths
 from reprotrain.checkpoint import container, reader, store
+from reprotrain.checkpoint.manifest import UnsafeCheckpoint
 from reprotrain.cli import main
 from tests.audit_checkpoints import write_checkpoint, write_fingerprint
 from tests.hostile import forge
@@ -82,7 +83,7 @@ def test_unsafe_checkpoint_is_never_resumable_nor_picked(genuine, tmp_path, reco
         assert listing["resume"] == str(older)
         entries = store.list_checkpoints(run, deep=deep)
         assert store.select_for_resume(entries).path == older
-    with pytest.raises(reader.UnsafeCheckpoint):
+    with pytest.raises(UnsafeCheckpoint):
         reader.read_info(newest)
     assert not canary.exists()
 

@@ -15,7 +15,7 @@ import torch
 
 from reprotrain.checkpoint import CheckpointManager, RetentionPolicy, container, format as ckformat, reader
 from reprotrain.checkpoint.container import MANIFEST_RECORD
-from reprotrain.checkpoint.reader import CorruptCheckpoint, NotACheckpoint
+from reprotrain.checkpoint.manifest import CorruptCheckpoint, NotACheckpoint
 from reprotrain.checkpoint.state import UnsafeState
 
 

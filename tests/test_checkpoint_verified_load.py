@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from reprotrain.checkpoint import CheckpointManager, container, reader, state as ckstate
+from reprotrain.checkpoint.manifest import CorruptCheckpoint, NotACheckpoint
 
 
 def _state_with_every_kind_of_tensor() -> dict:
@@ -92,7 +93,7 @@ def _offsets(path) -> dict[str, int]:
                                    "a byte of the central directory"])
 def test_one_pass_load_refuses_a_flipped_bit(checkpoint, where):
     _flip(checkpoint, _offsets(checkpoint)[where])
-    with pytest.raises((reader.CorruptCheckpoint, reader.NotACheckpoint)):
+    with pytest.raises((CorruptCheckpoint, NotACheckpoint)):
         with reader.open_checkpoint(checkpoint) as opened:
             ckstate.load(opened, verify=True)
 
@@ -104,7 +105,7 @@ def test_one_pass_load_refuses_a_truncated_tensor_record(checkpoint, tmp_path):
     cut = offsets["first byte of the largest tensor"] + 1000
     short = tmp_path / "short.pth"
     short.write_bytes(data[:cut])
-    with pytest.raises((reader.CorruptCheckpoint, reader.NotACheckpoint)):
+    with pytest.raises((CorruptCheckpoint, NotACheckpoint)):
         with reader.open_checkpoint(short) as opened:
             ckstate.load(opened, verify=True)
 

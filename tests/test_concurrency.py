@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 from conftest import run_cli
-from reprotrain.checkpoint import list_checkpoints, reader, select_for_resume
+from reprotrain.checkpoint import list_checkpoints, select_for_resume
+from reprotrain.checkpoint.manifest import CorruptCheckpoint
 from reprotrain.audit import verify_paths
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -80,7 +81,7 @@ def test_verify_and_ls_while_a_writer_saves_and_retention_deletes(tmp_path):
             for path in sorted(tmp_path.glob("*.pth")):
                 try:
                     [result] = verify_paths([path])
-                except reader.CorruptCheckpoint as exc:  # deleted between the manifest read and the re-hash
+                except CorruptCheckpoint as exc:  # deleted between the manifest read and the re-hash
                     assert exc.message == "no such file" and not path.exists(), exc
                     vanished += 1
                     continue

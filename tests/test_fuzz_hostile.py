@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from reprotrain import safeio
 from reprotrain.audit import classify
 from reprotrain.checkpoint import pickle_scan, reader
+from reprotrain.checkpoint.manifest import UnsafeCheckpoint
 from reprotrain.errors import ReprotrainError, escape_control
 from tests.audit_checkpoints import write_checkpoint
 from tests.hostile import forge
@@ -99,7 +100,7 @@ def test_a_resealed_checkpoint_with_any_record_is_read_or_refused_and_payloads_a
             except ReprotrainError as exc:
                 assert exc.exit_code == 2 and "\n" not in exc.message
                 if body in PAYLOADS:
-                    assert isinstance(exc, reader.UnsafeCheckpoint), exc.message
+                    assert isinstance(exc, UnsafeCheckpoint), exc.message
     finally:
         os.unlink(handle.name)
     assert not os.path.exists(CANARY)

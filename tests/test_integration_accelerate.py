@@ -78,7 +78,7 @@ def test_load_state_hook_refuses_unsealed_and_damaged_directories(tmp_path):
     import torch
     from accelerate import Accelerator
 
-    from reprotrain.checkpoint.reader import CorruptCheckpoint, NotACheckpoint
+    from reprotrain.checkpoint.manifest import CorruptCheckpoint, NotACheckpoint
     from reprotrain.integrations.accelerate import ReprotrainAccelerate
 
     model = torch.nn.Linear(3, 2)

@@ -24,6 +24,7 @@ import torch
 
 from reprotrain.checkpoint import CheckpointManager, RetentionPolicy, list_checkpoints, read_info, select_for_resume
 from reprotrain.checkpoint import reader
+from reprotrain.checkpoint.manifest import CheckpointInfo, CorruptCheckpoint
 from reprotrain.audit import inspect_path
 
 # For each FAULT (in its own run directory): save step 1, install the fault, try to save step 2 with a 1 MiB model,
@@ -197,8 +198,8 @@ def test_integrity_check_of_a_replaced_file_never_passes_with_the_old_manifest(t
     os.replace(b, a)
     result = reader.check_integrity(info)
     assert not result.ok and result.problems
-    with pytest.raises(reader.CorruptCheckpoint, match="no such file"):
-        reader.check_integrity(reader.CheckpointInfo(b, info.manifest, info.directory, info.size))
+    with pytest.raises(CorruptCheckpoint, match="no such file"):
+        reader.check_integrity(CheckpointInfo(b, info.manifest, info.directory, info.size))
 
 
 def _holds_open(pid: int, path: Path) -> bool:
@@ -282,7 +283,7 @@ def test_inspect_of_a_file_replaced_after_its_integrity_check_reports_one_file(t
     monkeypatch.setattr(reader, "check_integrity", check_then_replace)
     try:
         report = inspect_path(target)
-    except reader.CorruptCheckpoint as exc:
+    except CorruptCheckpoint as exc:
         assert "\n" not in exc.message
         return
     assert report["state_digest"] == digests[report["manifest"]["step"]], \

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from reprotrain import fingerprint as fp, schema
 from reprotrain.checkpoint import CheckpointManager, reader
+from reprotrain.checkpoint.manifest import CorruptCheckpoint, manifest_schema_text, validate_manifest
 from reprotrain.fingerprint import document
 
 
@@ -25,7 +26,7 @@ def documents(tmp_path_factory):
     path = mgr.save(epoch=0, step=1, samples_seen=4, metrics={"loss": 0.5})
     mgr.close()
     manifest = reader.read_info(path).manifest
-    return {"manifest": (reader.manifest_schema_text(), manifest),
+    return {"manifest": (manifest_schema_text(), manifest),
             "fingerprint": (document._schema_text(), fp.collect())}
 
 
@@ -102,8 +103,8 @@ def test_a_schema_with_an_unsupported_keyword_is_refused():
 def test_invalid_manifest_message_is_jsonschema_s(documents):
     _, manifest = documents["manifest"]
     bad = dict(manifest, step="nine")
-    with pytest.raises(reader.CorruptCheckpoint, match=r"manifest is invalid at step: 'nine' is not of type 'integer'"):
-        reader.validate_manifest(bad)
+    with pytest.raises(CorruptCheckpoint, match=r"manifest is invalid at step: 'nine' is not of type 'integer'"):
+        validate_manifest(bad)
 
 
 @pytest.mark.parametrize("rule, value, valid", [

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from reprotrain.checkpoint import reader, sealed, store
+from reprotrain.checkpoint.manifest import CorruptCheckpoint, NotACheckpoint
 from reprotrain.cli import main
 from reprotrain.integrations.history import RunHistory
 
@@ -39,27 +40,27 @@ def test_sealed_directory_reads_back_and_every_damage_is_named(tmp_path, history
     data = bytearray((d / "model.safetensors").read_bytes())
     data[100] ^= 1
     (d / "model.safetensors").write_bytes(bytes(data))
-    with pytest.raises(reader.CorruptCheckpoint, match="model.safetensors: content differs"):
+    with pytest.raises(CorruptCheckpoint, match="model.safetensors: content differs"):
         reader.read_info(d, check_integrity=True)
     reader.read_info(d)  # without the check: the manifest alone still reads
 
     d2 = make(tmp_path, 8, history)
     (d2 / "late.bin").write_bytes(b"after the seal")
     (d2 / "sub" / "extra.bin").unlink()
-    with pytest.raises(reader.CorruptCheckpoint) as caught:
+    with pytest.raises(CorruptCheckpoint) as caught:
         reader.read_info(d2, check_integrity=True)
     assert "sub/extra.bin: missing" in caught.value.message and "late.bin: not sealed" in caught.value.message
 
     d3 = make(tmp_path, 12, history)
     text = (d3 / sealed.SIDECAR).read_text().replace('"step": 12', '"step": 13')
     (d3 / sealed.SIDECAR).write_text(text)
-    with pytest.raises(reader.CorruptCheckpoint, match="integrity digest"):
+    with pytest.raises(CorruptCheckpoint, match="integrity digest"):
         reader.read_info(d3)
 
     unsealed = tmp_path / "checkpoint-16"
     unsealed.mkdir()
     (unsealed / "model.safetensors").write_bytes(b"0")
-    with pytest.raises(reader.NotACheckpoint, match="no reprotrain-manifest.json"):
+    with pytest.raises(NotACheckpoint, match="no reprotrain-manifest.json"):
         reader.read_info(unsealed)
 
 

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from conftest import PROJECT_ROOT, run_cli
-from reprotrain.checkpoint import CheckpointManager, reader, sharded, store
+from reprotrain.checkpoint import CheckpointManager, sharded, store
+from reprotrain.checkpoint.manifest import CorruptCheckpoint
 from reprotrain.checkpoint.policies import RetentionPolicy
 
 LOOP = PROJECT_ROOT / "tests" / "scripts" / "fsdp_loop.py"
@@ -101,7 +102,7 @@ def test_damaged_directory_is_exit_2_and_resume_takes_the_previous_one(tmp_path,
     assert info.step == 1, logs
     assert any(("skipping damaged checkpoint step0000000002-latest.dcp" in m
                 or "skipping unreadable file step0000000002-latest.dcp" in m) and problem in m for m in logs), logs
-    with pytest.raises(reader.CorruptCheckpoint, match=problem.split(":")[0]):
+    with pytest.raises(CorruptCheckpoint, match=problem.split(":")[0]):
         sharded.check(newest)
 
 

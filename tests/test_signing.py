@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from reprotrain.checkpoint import CheckpointManager, RetentionPolicy, container, reader, signing, store
+from reprotrain.checkpoint.manifest import CorruptCheckpoint
 from reprotrain.checkpoint import format as ckformat
 from reprotrain.errors import ReprotrainError
 
@@ -127,7 +128,7 @@ def test_stripped_signature(signed, keys, tmp_path):
     # Only the line removed: the end record's comment length no longer reaches the end of the file.
     cut = tmp_path / "cut.pth"
     cut.write_bytes(data[:directory.comment_start + container.UNSIGNED_COMMENT_LEN])
-    with pytest.raises(reader.CorruptCheckpoint):
+    with pytest.raises(CorruptCheckpoint):
         reader.read_info(cut)
     # Length fixed and digest recomputed (anyone can): a valid unsigned file, which a signature requirement refuses.
     with open(signed, "rb") as f:
@@ -231,7 +232,7 @@ def test_sign_refuses_a_damaged_file(tmp_path, keys):
     rec = next(container.iter_data_records(reader.read_info(path).directory))
     data[rec.data_offset] ^= 0x01
     path.write_bytes(bytes(data))
-    with pytest.raises(reader.CorruptCheckpoint):
+    with pytest.raises(CorruptCheckpoint):
         signing.sign_file(path, keys["alice"][0])
     assert path.read_bytes() == bytes(data) and not list(path.parent.glob(".*.partial"))
 

@@ -16,6 +16,7 @@ import torch
 
 from conftest import PROJECT_ROOT, REALWORLD, run_cli
 from reprotrain.checkpoint import CheckpointManager, list_checkpoints, reader
+from reprotrain.checkpoint.manifest import CorruptCheckpoint, validate_manifest
 from reprotrain.checkpoint.format import json_safe
 from reprotrain.errors import ReprotrainError
 from reprotrain.training.config import TrainConfig, resolve
@@ -110,11 +111,11 @@ def test_recorded_values_used_on_resume_are_checked(tmp_path):
 def test_the_manifest_schema_types_the_loop_position_and_the_loader_refuses_nan(tmp_path):
     path = _plant(tmp_path)
     manifest = reader.read_info(path).manifest
-    with pytest.raises(reader.CorruptCheckpoint, match=r"invalid at position/batch: 'x' is not of type 'integer'"):
-        reader.validate_manifest({**manifest, "position": {"epoch": 0, "batch": "x"}})
+    with pytest.raises(CorruptCheckpoint, match=r"invalid at position/batch: 'x' is not of type 'integer'"):
+        validate_manifest({**manifest, "position": {"epoch": 0, "batch": "x"}})
     for bad in (float("nan"), float("inf")):  # what Python's json makes of `NaN` and `1e999` in a forged manifest
-        with pytest.raises(reader.CorruptCheckpoint, match="invalid at metrics/loss: NaN or infinity"):
-            reader.validate_manifest({**manifest, "metrics": {"loss": bad}})
+        with pytest.raises(CorruptCheckpoint, match="invalid at metrics/loss: NaN or infinity"):
+            validate_manifest({**manifest, "metrics": {"loss": bad}})
 
 
 # ---------------------------------------------------------------------------------- non-finite values

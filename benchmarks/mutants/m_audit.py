@@ -31,11 +31,11 @@ MUTANTS = [
          new="        if False:\n            if len(view) == 0:",
          tests=["tests/test_safeio.py::test_a_file_that_grows_after_the_open_cannot_pass_the_cap"]),
     # fingerprint_digest and lineage digests against the embedded fingerprints.
-    dict(name="fingerprint-digest-not-checked", path="reprotrain/checkpoint/reader.py",
+    dict(name="fingerprint-digest-not-checked", path="reprotrain/checkpoint/manifest.py",
          old='    if manifest["fingerprint_digest"] != actual:',
          new='    if False:',
          tests=["tests/test_audit_forged.py::test_digests_that_do_not_match_their_fingerprints_are_invalid"]),
-    dict(name="lineage-digest-not-checked", path="reprotrain/checkpoint/reader.py",
+    dict(name="lineage-digest-not-checked", path="reprotrain/checkpoint/manifest.py",
          old='        if segment["fingerprint_digest"] not in environments:',
          new='        if False:',
          tests=["tests/test_audit_forged.py::test_digests_that_do_not_match_their_fingerprints_are_invalid"]),

@@ -24,11 +24,11 @@ MUTANTS = [
          new="if problem is not None and not isinstance(problem, UnsafeCheckpoint):",
          tests=[f"{STORE}::test_newest_corrupt_and_truncated_checkpoints_are_skipped_on_resume"]),
     # -- manifest schema ----------------------------------------------------------------------------------------
-    dict(name="schema-validation-off", path=f"{CK}/reader.py",
+    dict(name="schema-validation-off", path=f"{CK}/manifest.py",
          old="    if not schema.is_valid(manifest_schema_text(), manifest):",
          new="    if False:",
          tests=[f"{FORMAT}::test_manifest_that_breaks_the_schema_is_refused_by_every_reader"]),
-    dict(name="schema-error-location-lost", path=f"{CK}/reader.py",
+    dict(name="schema-error-location-lost", path=f"{CK}/manifest.py",
          old='where = "/".join(str(p) for p in err.absolute_path) or "(top level)"',
          new='where = "(top level)"',
          tests=[f"{FORMAT}::test_manifest_that_breaks_the_schema_is_refused_by_every_reader"]),

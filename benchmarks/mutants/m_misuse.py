@@ -75,7 +75,7 @@ MUTANTS = [
          old="        return value if math.isfinite(value) else NON_FINITE_STRINGS[repr(value)]",
          new="        return value",
          tests=[f"{MISUSE}::test_non_finite_values_never_stop_a_checkpoint_from_being_written"]),
-    dict(name="reader-accepts-nan-in-a-manifest", path="reprotrain/checkpoint/reader.py",
+    dict(name="reader-accepts-nan-in-a-manifest", path="reprotrain/checkpoint/manifest.py",
          old="    where = _non_finite_at(manifest)\n    if where is not None:",
          new="    where = _non_finite_at(manifest)\n    if False:",
          tests=[f"{MISUSE}::test_the_manifest_schema_types_the_loop_position_and_the_loader_refuses_nan"]),

@@ -7,6 +7,7 @@ import os
 from reprotrain.audit.digest import _leaves, state_digest, training_state_digest
 from reprotrain.audit.opening import open_checkpoint
 from reprotrain.checkpoint import reader
+from reprotrain.checkpoint.manifest import CheckpointInfo, CorruptCheckpoint
 
 
 def inspect_path(path: str | os.PathLike, *, largest: int = 5) -> dict:
@@ -18,7 +19,7 @@ def inspect_path(path: str | os.PathLike, *, largest: int = 5) -> dict:
         info = opened.info
         integrity = reader.check_integrity(info, opened.file)
         if not integrity.ok:
-            raise reader.CorruptCheckpoint("; ".join(integrity.problems), path=path)
+            raise CorruptCheckpoint("; ".join(integrity.problems), path=path)
         if opened.file is None:  # a sealed framework directory: its files are the framework's own formats
             return _inspect_sealed(path, info, integrity)
         state = state_module.load(opened, map_location="cpu", mmap=True)["state"]
@@ -47,7 +48,7 @@ def inspect_path(path: str | os.PathLike, *, largest: int = 5) -> dict:
     }
 
 
-def _inspect_sealed(path, info: reader.CheckpointInfo, integrity) -> dict:
+def _inspect_sealed(path, info: CheckpointInfo, integrity) -> dict:
     from reprotrain.checkpoint import sealed
 
     files = sealed.read_sidecar(info.path)["files"]

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Iterable
 
 from reprotrain.checkpoint import reader
+from reprotrain.checkpoint.manifest import CorruptCheckpoint, NotACheckpoint, UnsafeCheckpoint
 from reprotrain.checkpoint.location import Location
 from reprotrain.errors import ReprotrainError
 
@@ -132,16 +133,16 @@ def _verify_one(path: Location, reference: _Reference, digest: bool, trusted=Non
             hash_tensors = trusted is not None and screened is None
             integrity = (reader.check_integrity(info, opened.file, hash_tensors=hash_tensors)
                          if digest or hash_tensors else None)
-    except reader.NotACheckpoint as exc:
+    except NotACheckpoint as exc:
         if path.is_dir():  # a framework checkpoint directory that was never sealed (or whose writer died first)
             return VerifyResult(shown, 3, "unsealed-directory", exc.message)
         from reprotrain.audit import classify as foreign  # only for what is not a checkpoint: ~50 ms of imports
 
         verdict = foreign.classify(path)
         return VerifyResult(shown, verdict.exit_code, verdict.category, verdict.reason)
-    except reader.UnsafeCheckpoint as exc:
+    except UnsafeCheckpoint as exc:
         return VerifyResult(shown, 2, "unsafe-pickle", exc.message)
-    except reader.CorruptCheckpoint as exc:
+    except CorruptCheckpoint as exc:
         invalid = exc.message.startswith("manifest is invalid")
         return VerifyResult(shown, 2, "invalid-manifest" if invalid else "corrupt", exc.message,
                             schema_ok=False if invalid else None)

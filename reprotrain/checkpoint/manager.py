@@ -34,6 +34,7 @@ import torch
 from reprotrain import __version__, fingerprint as fp
 from reprotrain.checkpoint import format as ckformat
 from reprotrain.checkpoint import process_exit, reader, rng, sharded as ckshard, signing, state as ckstate, store
+from reprotrain.checkpoint.manifest import CorruptCheckpoint
 from reprotrain.checkpoint.decision import SaveDecision
 from reprotrain.checkpoint.guard import SIGNAL_REASON, Interrupted, SignalGuard, StoppedWithoutSaving
 from reprotrain.checkpoint.location import Location
@@ -309,7 +310,7 @@ class CheckpointManager:
                 self.log(f"skipping checkpoint {Location.of(location).name}: {exc.message} "
                          "(resume requires a trusted signature)")
                 continue
-            except reader.CorruptCheckpoint as exc:
+            except CorruptCheckpoint as exc:
                 if explicit:
                     raise
                 self.log(f"skipping damaged checkpoint {Location.of(location).name}: {exc.message}")
@@ -347,7 +348,7 @@ class CheckpointManager:
                 verify_first = explicit or index == len(names) - 1
                 loading = not verify_first
                 ckshard.load(location, template, verify_first=verify_first)
-            except reader.CorruptCheckpoint as exc:
+            except CorruptCheckpoint as exc:
                 if explicit:
                     raise
                 touched = location if loading else touched
@@ -360,7 +361,7 @@ class CheckpointManager:
                          f"resharded by torch.distributed.checkpoint")
             return self._adopt(location, manifest, template, comparison)
         if touched is not None:  # never train on from a half-read damaged state as if starting fresh
-            raise reader.CorruptCheckpoint(f"no valid sharded checkpoint to resume from, and reading the damaged "
+            raise CorruptCheckpoint(f"no valid sharded checkpoint to resume from, and reading the damaged "
                                            f"{touched.name} already changed the model and optimizer state",
                                            path=self.run_dir.path)
         if required:

@@ -6,111 +6,30 @@ refuses one that imports anything outside the weights-only allow-list (``UnsafeC
 integrity trailer proves only that nobody changed the file without recomputing it, and anyone can
 recompute it. It also checks that the manifest's digests match the fingerprints they name.
 
+The manifest checks, ``CheckpointInfo`` and the errors raised here are in `reprotrain.checkpoint.manifest`
+(shared with `reprotrain.checkpoint.sealed`, to which a directory is handed).
+
 Nothing here imports torch. Loading the training state (which needs torch) is in `reprotrain.checkpoint.state`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
-import math
 import os
 import re
 from dataclasses import dataclass
-from importlib import resources
 from typing import Iterator
 
-from reprotrain import safeio, schema
-from reprotrain.checkpoint import container, pickle_scan
+from reprotrain import safeio
+from reprotrain.checkpoint import container, pickle_scan, sealed
 from reprotrain.checkpoint.container import DATA_PREFIX, MANIFEST_RECORD, ContainerError, NotAContainer
 from reprotrain.checkpoint.location import Location, as_location, is_url  # noqa: F401  (re-exported)
+from reprotrain.checkpoint.manifest import (CheckpointInfo, CorruptCheckpoint, NotACheckpoint, UnsafeCheckpoint,
+                                            check_digests, validate_manifest)
 from reprotrain.errors import ReprotrainError, os_error_message
 
 PICKLE_RECORD = "archive/data.pkl"
-
-
-class CorruptCheckpoint(ReprotrainError):
-    """Unreadable, truncated, damaged or invalid (exit code 2)."""
-
-    exit_code = 2
-
-
-class UnsafeCheckpoint(CorruptCheckpoint):
-    """A checkpoint whose pickle imports something the weights-only unpickler does not allow (exit code 2).
-
-    Never loaded, never resumed from, never verified OK, whatever its integrity trailer says.
-    """
-
-    exit_code = 2
-
-
-class NotACheckpoint(ReprotrainError):
-    """Not a reprotrain checkpoint: a plain PyTorch file, another zip, or something else (exit code 3).
-
-    The foreign-file classifier refines this into a precise reason (and exit 2 for unsafe or unreadable files).
-    """
-
-    exit_code = 3
-
-
-@functools.lru_cache(maxsize=1)
-def manifest_schema_text() -> str:
-    return resources.files("reprotrain.checkpoint").joinpath("schemas/manifest.schema.json").read_text()
-
-
-def validate_manifest(manifest: dict, *, path: str | os.PathLike | None = None) -> dict:
-    if not schema.is_valid(manifest_schema_text(), manifest):
-        err = schema.first_error(json.loads(manifest_schema_text()), manifest)
-        if err is None:
-            raise CorruptCheckpoint("manifest is invalid (nested too deeply to say where)", path=path)
-        where = "/".join(str(p) for p in err.absolute_path) or "(top level)"
-        raise CorruptCheckpoint(f"manifest is invalid at {where}: {err.message}", path=path)
-    where = _non_finite_at(manifest)
-    if where is not None:
-        raise CorruptCheckpoint(f"manifest is invalid at {where}: NaN or infinity (strict JSON has neither; "
-                                "reprotrain stores them as the strings \"NaN\", \"Infinity\", \"-Infinity\")", path=path)
-    return manifest
-
-
-def _non_finite_at(doc) -> str | None:
-    """Where a NaN or infinity sits in a parsed JSON document (Python's json reads `NaN`, `1e999`), or None."""
-    stack = [(doc, "")]
-    while stack:
-        value, where = stack.pop()
-        if isinstance(value, float) and not math.isfinite(value):
-            return where or "(top level)"
-        if isinstance(value, dict):
-            stack.extend((v, f"{where}/{k}" if where else str(k)) for k, v in value.items())
-        elif isinstance(value, list):
-            stack.extend((v, f"{where}/{i}" if where else str(i)) for i, v in enumerate(value))
-    return None
-
-
-@dataclass
-class CheckpointInfo:
-    """What the zip directory and the manifest say, without reading tensor data."""
-
-    path: Location
-    manifest: dict
-    directory: container.Directory
-    size: int
-
-    @property
-    def kind(self) -> str:
-        return self.manifest["kind"]
-
-    @property
-    def step(self) -> int:
-        return self.manifest["step"]
-
-    @property
-    def signature(self) -> dict | None:
-        """``{"key_id", "time", "format"}`` as the signature line states them (not verified), or None when unsigned."""
-        if self.directory is None:  # a sealed framework directory: never signed (yet)
-            return None
-        line = self.directory.signature
-        return None if line is None else {"key_id": line.key_id, "time": line.time, "format": line.version}
 
 
 def _open(path: "str | os.PathLike | Location"):
@@ -144,8 +63,6 @@ def _framework_directory(path) -> bool:
     location = Location.of(path)
     if not location.is_local or not location.path.is_dir():
         return False
-    from reprotrain.checkpoint import sealed
-
     name = location.name
     return (sealed.is_sealed(location.path) or re.fullmatch(r"checkpoint[-_]\d+", name) is not None
             or name.endswith(sealed.SHARDED_SUFFIX))
@@ -163,8 +80,6 @@ def read_info(path: str | os.PathLike, *, check_integrity: bool = False, own_wri
     damaged file is reported as damaged, not as whatever its damaged manifest happens to say.
     """
     if _framework_directory(path):  # a framework's checkpoint directory, sealed by a sidecar (or not: NotACheckpoint)
-        from reprotrain.checkpoint import sealed
-
         return sealed.read_info(path, check_integrity=check_integrity)
     with _open(path) as f:
         return _read_info(f, path, check_integrity=check_integrity, scan=not own_write)
@@ -276,33 +191,6 @@ def scan_pickles(f, directory: container.Directory) -> "_Problem | None":
     return broken
 
 
-def check_digests(manifest: dict, *, path=None) -> None:
-    """``fingerprint_digest``, the keys of ``environments`` and each lineage segment's digest must be the digests
-    of the fingerprints they name (a mismatch is a forged or damaged manifest: CorruptCheckpoint, exit 2)."""
-    from reprotrain.fingerprint.document import digest
-
-    def invalid(where: str, problem: str) -> CorruptCheckpoint:
-        return CorruptCheckpoint(f"manifest is invalid at {where}: {problem}", path=path)
-
-    actual = digest(manifest["fingerprint"])
-    if manifest["fingerprint_digest"] != actual:
-        raise invalid("fingerprint_digest", f"{manifest['fingerprint_digest']} is not the digest of the recorded "
-                                            f"fingerprint ({actual})")
-    environments = manifest["environments"]
-    for key, fingerprint in environments.items():
-        if not isinstance(fingerprint, dict) or digest(fingerprint) != key:
-            raise invalid(f"environments/{key}", "the fingerprint there does not have that digest")
-    if actual not in environments:
-        raise invalid("environments", "it does not hold the recorded fingerprint")
-    for segment in manifest["lineage"]:
-        if segment["fingerprint_digest"] not in environments:
-            raise invalid(f"lineage/{segment['segment']}/fingerprint_digest",
-                          f"{segment['fingerprint_digest']} is not a key of environments")
-        for rank, key in enumerate(segment.get("rank_fingerprints") or ()):
-            if key not in environments:
-                raise invalid(f"lineage/{segment['segment']}/rank_fingerprints/{rank}", f"{key} is not a key of environments")
-
-
 def check_integrity(info: CheckpointInfo, file=None, *, hash_tensors: bool = False) -> container.IntegrityReport:
     """Re-read every byte of the file (``file``: the already open one) and compare with the recorded digests.
     ``hash_tensors``: also the tensors' SHA-256 in the same pass (report.tensors_digest), for a signature check.
@@ -310,8 +198,6 @@ def check_integrity(info: CheckpointInfo, file=None, *, hash_tensors: bool = Fal
     A sealed directory (``info.directory`` None): every file re-hashed against its sidecar record.
     """
     if info.directory is None:
-        from reprotrain.checkpoint import sealed
-
         try:
             doc = sealed.read_sidecar(info.path)
         except ReprotrainError as exc:

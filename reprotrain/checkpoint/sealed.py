@@ -19,8 +19,8 @@ import stat
 from pathlib import Path
 
 from reprotrain.checkpoint.lock import durable_sync, fsync_directory
-from reprotrain.checkpoint.reader import (CheckpointInfo, CorruptCheckpoint, NotACheckpoint, check_digests,
-                                         validate_manifest)
+from reprotrain.checkpoint.manifest import (CheckpointInfo, CorruptCheckpoint, NotACheckpoint, check_digests,
+                                            validate_manifest)
 
 SIDECAR = "reprotrain-manifest.json"
 SEAL_FORMAT = "reprotrain.sealed-directory"

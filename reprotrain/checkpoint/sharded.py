@@ -37,7 +37,7 @@ import torch
 
 from reprotrain.checkpoint import sealed
 from reprotrain.checkpoint.lock import durable_sync, fsync_directory
-from reprotrain.checkpoint.reader import CorruptCheckpoint
+from reprotrain.checkpoint.manifest import CorruptCheckpoint
 from reprotrain.errors import ReprotrainError, os_error_message
 
 SUFFIX = sealed.SHARDED_SUFFIX

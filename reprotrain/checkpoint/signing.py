@@ -296,6 +296,8 @@ def sign_file(path: str | os.PathLike, key: SigningKey, *, log=None) -> Verdict:
 
 
 def _sign_locked(path: Path, key: SigningKey, reader, store) -> Verdict:
+    from reprotrain.checkpoint.manifest import CorruptCheckpoint
+
     with reader.open_checkpoint(path) as opened:
         directory = opened.info.directory
         previous = directory.signature
@@ -305,7 +307,7 @@ def _sign_locked(path: Path, key: SigningKey, reader, store) -> Verdict:
             if verdict is None:
                 report = container.check_integrity(opened.file, directory, hash_tensors=True)
                 if not report.ok:
-                    raise reader.CorruptCheckpoint("; ".join(report.problems), path=path)
+                    raise CorruptCheckpoint("; ".join(report.problems), path=path)
                 verdict = own.check(directory, report.tensors_digest)
             if verdict.status == BAD:
                 raise SignatureRefused(f"{verdict.message}; refusing to re-sign it", path=path)
@@ -324,7 +326,7 @@ def _sign_locked(path: Path, key: SigningKey, reader, store) -> Verdict:
                 report, digest = container.check_and_redigest(copy, directory, container.SIGNED_COMMENT_LEN,
                                                               hash_tensors=True)
             if not report.ok:
-                raise reader.CorruptCheckpoint("; ".join(report.problems), path=path)
+                raise CorruptCheckpoint("; ".join(report.problems), path=path)
             line = key.sign_digest(digest, report.tensors_digest)
             os.pwrite(fd, container.SIGNED_COMMENT_LEN.to_bytes(2, "little"), directory.comment_start - 2)
             comment = container.TRAILER_PREFIX + digest.split(":", 1)[1].encode("ascii") + b"\n" + line.encode()

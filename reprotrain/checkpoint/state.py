@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from reprotrain.checkpoint import container, reader, signing
+from reprotrain.checkpoint.manifest import CorruptCheckpoint, NotACheckpoint
 from reprotrain.errors import ReprotrainError, torch_message
 
 # Exact types: subclasses (numpy.str_, TorchVersion, defaultdict) would pickle as their own class.
@@ -148,12 +149,12 @@ def load(source: "str | os.PathLike | reader.OpenCheckpoint", *, map_location: A
         else:  # through an open regular file (a FIFO or device named .pth is refused, never handed to torch)
             with reader._open(path) as f:
                 obj = _load_open(f, map_location=map_location, mmap=mmap)
-    except (reader.CorruptCheckpoint, signing.SignatureRefused):
+    except (CorruptCheckpoint, signing.SignatureRefused):
         raise
     except Exception as exc:  # torch raises many types for damaged files; all mean the same to the user
-        raise reader.CorruptCheckpoint(f"cannot load: {torch_message(exc)}", path=path) from None
+        raise CorruptCheckpoint(f"cannot load: {torch_message(exc)}", path=path) from None
     if not isinstance(obj, dict) or "state" not in obj or "reprotrain" not in obj:
-        raise reader.NotACheckpoint("not a reprotrain checkpoint (no 'reprotrain' and 'state' keys)", path=path)
+        raise NotACheckpoint("not a reprotrain checkpoint (no 'reprotrain' and 'state' keys)", path=path)
     return obj
 
 
@@ -164,7 +165,7 @@ def _loads_on_cpu(map_location: Any) -> bool:
 def _check_integrity(opened: "reader.OpenCheckpoint", trusted=None) -> None:
     result = reader.check_integrity(opened.info, opened.file, hash_tensors=trusted is not None)
     if not result.ok:
-        raise reader.CorruptCheckpoint("; ".join(result.problems), path=opened.info.path)
+        raise CorruptCheckpoint("; ".join(result.problems), path=opened.info.path)
     _check_signature(opened, trusted, result)
 
 
@@ -197,34 +198,34 @@ def _load_verified(opened: "reader.OpenCheckpoint", trusted=None):
     try:
         report, _ = container.check_and_redigest(f, directory, into=into, hash_tensors=trusted is not None)
     except (container.ContainerError, OSError) as exc:
-        raise reader.CorruptCheckpoint(f"damaged checkpoint: {exc}", path=path) from None
+        raise CorruptCheckpoint(f"damaged checkpoint: {exc}", path=path) from None
     if not report.ok:
-        raise reader.CorruptCheckpoint("; ".join(report.problems), path=path)
+        raise CorruptCheckpoint("; ".join(report.problems), path=path)
     _check_signature(opened, trusted, report)
     pickle_record = records.get(f"{container.ARCHIVE}/data.pkl")
     if pickle_record is None:
-        raise reader.CorruptCheckpoint("no archive/data.pkl record", path=path)
+        raise CorruptCheckpoint("no archive/data.pkl record", path=path)
     # Its CRC-32 sits in the SHA-256-checked directory, so these are the bytes the pass above vouched for.
     data = container.read_record(f, pickle_record)
 
     def persistent_load(saved_id):
         if not (isinstance(saved_id, tuple) and len(saved_id) == 5 and saved_id[0] in ("storage", b"storage")):
-            raise reader.CorruptCheckpoint(f"unexpected persistent id {saved_id!r:.80}", path=path)
+            raise CorruptCheckpoint(f"unexpected persistent id {saved_id!r:.80}", path=path)
         _, storage_type, key, _location, numel = saved_id
         dtype = torch.uint8 if storage_type is torch.UntypedStorage else storage_type.dtype
         storage = storages.get(key.decode("ascii") if isinstance(key, bytes) else str(key))
         if storage is None or not isinstance(numel, int) or storage.nbytes() != numel * torch._utils._element_size(dtype):
-            raise reader.CorruptCheckpoint(f"tensor record {key!r:.40} is missing or has the wrong size", path=path)
+            raise CorruptCheckpoint(f"tensor record {key!r:.40} is missing or has the wrong size", path=path)
         return torch.storage.TypedStorage(wrap_storage=storage, dtype=dtype, _internal=True)
 
     unpickler = _weights_only_unpickler.Unpickler(io.BytesIO(data), encoding="utf-8")
     unpickler.persistent_load = persistent_load
     try:
         return unpickler.load()
-    except reader.CorruptCheckpoint:
+    except CorruptCheckpoint:
         raise
     except Exception as exc:  # never echo torch's advice about weights_only=False
-        raise reader.CorruptCheckpoint(f"the pickle is refused by the weights-only unpickler "
+        raise CorruptCheckpoint(f"the pickle is refused by the weights-only unpickler "
                                        f"({type(exc).__name__})", path=path) from None
 
 

@@ -39,6 +39,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from reprotrain import fingerprint as fp
 from reprotrain.checkpoint import format as ckformat, reader, rng, state as ckstate, store
+from reprotrain.checkpoint.manifest import NotACheckpoint
 from reprotrain.checkpoint.guard import StopRequest
 from reprotrain.checkpoint.manager import Interrupted
 from reprotrain.checkpoint.state import UnsafeState
@@ -168,7 +169,7 @@ class ReprotrainCheckpointIO(CheckpointIO):
             obj = ckstate.load(opened, map_location=map_location or "cpu", verify=True)
         state = obj["state"]
         if "lightning" not in state.get("extra", {}):
-            raise reader.NotACheckpoint("a reprotrain checkpoint, but not one written by Lightning "
+            raise NotACheckpoint("a reprotrain checkpoint, but not one written by Lightning "
                                         "(no state['extra']['lightning'])", path=path, exit_code=2)
         self.history.adopt(manifest, path)
         for note in rng.restore(state.get("rng", {})):

@@ -126,10 +126,11 @@ def resume_target(path: Location):
     (exit 2) with the auditor's reason: "unsafe pickle ..." for a file whose pickle imports code."""
     from reprotrain.audit.classify import classify
     from reprotrain.checkpoint import reader
+    from reprotrain.checkpoint.manifest import NotACheckpoint
 
     try:
         return reader.read_info(path)
-    except reader.NotACheckpoint:
+    except NotACheckpoint:
         verdict = classify(path, confirm=False)
         raise ReprotrainError(f"cannot resume from this file: {verdict.reason}", path=path, exit_code=2) from None
 

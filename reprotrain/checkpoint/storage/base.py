@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Callable, Protocol, runtime_checkable
 
 from reprotrain.checkpoint import reader
+from reprotrain.checkpoint.manifest import CheckpointInfo
 from reprotrain.checkpoint.location import Location
 from reprotrain.checkpoint.lock import LOCK_NAME, RunDirectoryBusy  # noqa: F401  (part of the interface)
 from reprotrain.errors import ReprotrainError, os_error_message
@@ -61,7 +62,7 @@ class Entry:
     """One checkpoint file in a run directory, valid or not."""
 
     path: Location
-    info: reader.CheckpointInfo | None
+    info: CheckpointInfo | None
     problem: str | None  # why it is not valid (None when valid)
     integrity_checked: bool
 
