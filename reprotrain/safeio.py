@@ -214,4 +214,7 @@ def load_yaml(text: str):
     Raises yaml.YAMLError on a syntax error (callers turn it into their one-line message)."""
     import yaml
 
-    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    try:
+        return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except (ValueError, OverflowError) as exc:  # a timestamp that is no date (2020-13-45): PyYAML's constructor
+        raise yaml.constructor.ConstructorError(None, None, f"invalid value ({exc})", None) from None

@@ -75,11 +75,14 @@ def read_conda_record(path: str) -> dict:
     data = _read_bytes(path)
     try:
         record = {key: _top_level_value(data, key) for key in _TOP_LEVEL_KEYS}
-    except ValueError:
+    except (ValueError, RecursionError):
         record = {}
     if not record.get("name") or not record.get("version") or record.get("build") is None:
         # Not in the usual two-space layout (hand-written or minified): parse it fully.
-        doc = json.loads(data)
+        try:
+            doc = json.loads(data)
+        except RecursionError:
+            raise ValueError("nested too deeply") from None
         if not isinstance(doc, dict):
             raise ValueError("not a JSON object")
         record = {key: doc.get(key) for key in _TOP_LEVEL_KEYS}

@@ -18,7 +18,7 @@ from pathlib import Path
 from reprotrain import safeio
 from reprotrain.envlock.prefix import (CondaRecord, PipRecord, PrefixContents, current_platform, default_prefix,
                                        normalise_pip_name, read_prefix)
-from reprotrain.errors import InvalidDocumentError, ReprotrainError
+from reprotrain.errors import InvalidDocumentError, ReprotrainError, os_error_message
 
 # Difference kinds, in the order a report lists them.
 KINDS = ("missing", "extra", "version", "build", "hash", "file-modified", "file-missing")
@@ -179,11 +179,14 @@ def _check_file(path: Path, expected_sha256: str, manager: str, name: str, rel: 
     hash never printed."""
     if not isinstance(expected_sha256, str):
         return Difference("file-modified", manager, name, detail=f"{rel}: the record's hash is not a string")
-    resolved = path.resolve()
-    if not resolved.is_relative_to(root):
-        return Difference("file-modified", manager, name, detail=f"{rel}: leaves the prefix; not read")
-    if not resolved.exists() and not path.is_symlink():
-        return Difference("file-missing", manager, name, detail=rel)
+    try:
+        resolved = path.resolve()
+        if not resolved.is_relative_to(root):
+            return Difference("file-modified", manager, name, detail=f"{rel}: leaves the prefix; not read")
+        if not resolved.exists() and not path.is_symlink():
+            return Difference("file-missing", manager, name, detail=rel)
+    except (OSError, ValueError) as exc:  # a NUL byte, a name too long: no file of the record can be there
+        return Difference("file-modified", manager, name, detail=f"{rel}: not a usable path ({os_error_message(exc)})")
     try:
         actual = _sha256_file(resolved)
     except safeio.Missing:
@@ -224,7 +227,12 @@ def _check_record_file(record: PipRecord, diffs: list[Difference], root: Path) -
     site = record.dist_info.parent
     checked = 0
     # RECORD is CSV (PEP 376): a path with a comma is quoted, so split with the csv module, never on commas.
-    for row in csv.reader(text.splitlines()):
+    try:
+        rows = list(csv.reader(text.splitlines()))
+    except csv.Error as exc:  # a field over the csv module's size limit
+        diffs.append(Difference("file-modified", "pip", record.name, detail=f"RECORD: unreadable ({exc})"))
+        return 0
+    for row in rows:
         if len(row) != 3 or not row[1].startswith("sha256="):
             continue  # RECORD itself, and .pyc files pip compiled, carry no hash
         rel, hash_field = row[0], row[1]

@@ -104,7 +104,7 @@ def _coerce(name: str, value, source: str):
         if name == "data_dir":
             return os.fspath(value)
         return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int too large for a float (lr: 1e400 as digits)
         kind = "mapping" if isinstance(default, dict) else type(default).__name__ if default is not None else "int"
         raise ReprotrainError(f"{name}: expected {kind}, got {value!r}", path=source) from None
 
