@@ -41,7 +41,7 @@ MUTANTS = [
          tests=[_HF + "test_newest_valid_checkpoint_skips_damaged_and_gates"]),
     dict(name="hf-interrupted-sealed-as-latest",
          path="reprotrain/integrations/huggingface.py",
-         old='kind, end, reason = "interrupted", SIGNAL_END_REASON[self._pending], f"received {self._pending}"',
+         old='kind, end, reason = "interrupted", SIGNAL_END_REASON[pending], f"received {pending}"',
          new='kind, end, reason = "latest", "running", None',
          tests=[_HF + "test_interrupted_twice_damaged_newest_skipped_ends_bit_identical"]),
     dict(name="lightning-last-not-validated",
