@@ -87,4 +87,8 @@ MUTANTS = [
          old="                self.restore()\n                self.log(\"SIGINT again",
          new="                self.log(\"SIGINT again",
          tests=["tests/test_integration_signals.py::test_second_sigint_raises_keyboardinterrupt_and_gives_the_handlers_back"]),
+    dict(name="framework-request-survives-a-new-run", path="reprotrain/checkpoint/guard.py",
+         old="            return\n        self.pending = None\n",
+         new="            return\n",
+         tests=["tests/test_integration_signals.py::test_a_request_from_an_earlier_run_is_forgotten_when_the_same_object_runs_again"]),
 ]

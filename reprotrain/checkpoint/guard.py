@@ -122,8 +122,11 @@ class StopRequest:
         self._previous: dict = {}
 
     def install(self) -> None:
+        """Take SIGINT and SIGTERM for a new run: a request left from an earlier run (a notebook cell run again
+        with the same callback) is forgotten."""
         if self._previous or threading.current_thread() is not threading.main_thread():
             return
+        self.pending = None
         for sig in _SIGNALS:
             self._previous[sig] = signal.signal(sig, self._on_signal)
 
