@@ -308,7 +308,7 @@ def test_cli_keygen_sign_verify_inspect(tmp_path, keys):
     out = _cli("verify", path, "--trusted-key", keys["bob"][2])
     assert out.returncode == 5 and key_id in out.stdout and "not a trusted key" in out.stdout
     out = _cli("inspect", path)
-    assert out.returncode == 0 and f"signed by key {key_id}" in out.stdout
+    assert out.returncode == 0 and f"signed by key {key_id}" in out.stdout and "signature format 2" in out.stdout
     out = _cli("ls", tmp_path / "run", "--json")
     assert json.loads(out.stdout)["checkpoints"][0]["signer"] == key_id
 

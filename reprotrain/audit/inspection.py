@@ -33,7 +33,7 @@ def inspect_path(path: str | os.PathLike, *, largest: int = 5) -> dict:
         "path": str(path),
         "size": info.size,
         "integrity": {"ok": integrity.ok, "bytes_checked": integrity.bytes_checked},
-        "signature": info.signature,  # {"key_id", "time"} as the file states them (verify --trusted-key checks it)
+        "signature": info.signature,  # {"key_id", "time", "format"} as the file states them (verify --trusted-key checks it)
         "manifest": manifest,
         "lineage": manifest["lineage"],
         "tensors": {

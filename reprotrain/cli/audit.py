@@ -105,8 +105,9 @@ def inspect_command(path, as_json):
              f"fingerprint {m['fingerprint_digest']}  torch {m['fingerprint'].get('torch', {}).get('version')}  "
              f"python {m['fingerprint'].get('python', {}).get('version')}",
              f"writer reprotrain {m['writer'].get('reprotrain')}  torch {m['writer'].get('torch') or '-'}",
-             (f"signed by key {report['signature']['key_id']} at {report['signature']['time']} "
-              "(not checked here: reprotrain verify --trusted-key PUB)" if report.get("signature") else "unsigned")]
+             (f"signed by key {report['signature']['key_id']} at {report['signature']['time']}, signature format "
+              f"{report['signature']['format']} (not checked here: reprotrain verify --trusted-key PUB)"
+              if report.get("signature") else "unsigned")]
     click.echo("\n".join(quote(line) for line in lines))
     console = _console()
     lineage = Table(title="lineage", title_justify="left")
