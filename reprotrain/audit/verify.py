@@ -106,9 +106,11 @@ def verify_paths(paths: Iterable[str | os.PathLike], *, against=None, lock=None,
     Errors in the shared inputs (fingerprint, policy, lock, key files) raise ReprotrainError; problems with a
     checkpoint become that file's result.
     """
-    from reprotrain.checkpoint import signing
+    trusted = None
+    if trusted_keys:
+        from reprotrain.checkpoint import signing  # only with keys: the key loaders are not needed otherwise
 
-    trusted = signing.as_trusted_keys(trusted_keys) if trusted_keys else None
+        trusted = signing.as_trusted_keys(trusted_keys)
     if require_signature and not trusted:
         raise ReprotrainError("--require-signature needs at least one --trusted-key (the public keys to accept)")
     reference = _Reference(against, lock, policy, on_mismatch)

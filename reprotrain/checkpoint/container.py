@@ -19,13 +19,15 @@ This module knows nothing about torch: it writes byte buffers and reads them bac
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import os
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 try:  # zlib-ng's CRC-32 is the same function, 3-4x faster (SIMD); plain zlib is the fallback
     from zlib_ng.zlib_ng import crc32
@@ -139,7 +141,7 @@ class ContainerWriter:
         self._tensor_hash = hashlib.sha256() if hash_tensors else None
         # Started only for a record of more than one chunk: there is nothing to overlap below that, and a
         # thread start per save is a fixed cost that dominates small checkpoints.
-        self._crc_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._crc_pool: "ThreadPoolExecutor | None" = None
 
     def _emit(self, data, *, hashed: bool) -> None:
         view = memoryview(data)
@@ -180,7 +182,9 @@ class ContainerWriter:
         if is_data and size > CHUNK:
             # Overlap CRC-32 (zlib releases the GIL) of chunk i with the write of chunk i.
             if self._crc_pool is None:
-                self._crc_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1,
+                from concurrent.futures import ThreadPoolExecutor  # only for a large record: ~6 ms of a CLI start
+
+                self._crc_pool = ThreadPoolExecutor(max_workers=1,
                                                                        thread_name_prefix="reprotrain-crc")
             pending = None
             for start in range(0, size, CHUNK):
@@ -449,7 +453,9 @@ def check_and_redigest(f: BinaryIO, directory: Directory, comment_len: int | Non
             f.seek(start)
             if rec is not None and into is not None:
                 if rec.size > READ_CHUNK and pool is None:
-                    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="reprotrain-crc")
+                    from concurrent.futures import ThreadPoolExecutor  # only for a large record
+
+                    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reprotrain-crc")
                 crc = _read_body_into(f, into(rec), start, pool, tensors)
                 checked += rec.size
             else:

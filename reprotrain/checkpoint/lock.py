@@ -21,8 +21,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import secrets
-import socket
 import sys
 import time
 from pathlib import Path
@@ -39,6 +37,12 @@ class RunDirectoryBusy(ReprotrainError):
     """Another writer holds the run directory (exit code 2)."""
 
     exit_code = 2
+
+
+def _hostname() -> str:
+    import socket  # here, not at the top: ~6 ms of every command's start, needed only to write or judge a lock note
+
+    return socket.gethostname()
 
 
 def mechanism() -> str:
@@ -130,7 +134,7 @@ class WriterLock:
         self.release()
 
     def _note(self) -> dict:
-        return {"pid": os.getpid(), "host": socket.gethostname(),
+        return {"pid": os.getpid(), "host": _hostname(),
                 "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "token": self._token}
 
     def _busy(self, note: dict | None) -> RunDirectoryBusy:
@@ -141,7 +145,7 @@ class WriterLock:
         if self.held:
             return self
         self._mechanism = mechanism()
-        self._token = secrets.token_hex(8)
+        self._token = os.urandom(8).hex()
         if self._mechanism == "exclusive-file":
             self._acquire_exclusive()
         else:
@@ -221,7 +225,7 @@ class WriterLock:
             except OSError:
                 return False
         pid = note.get("pid")
-        return note.get("host") == socket.gethostname() and isinstance(pid, int) and not isinstance(pid, bool) \
+        return note.get("host") == _hostname() and isinstance(pid, int) and not isinstance(pid, bool) \
             and pid != os.getpid() and not _pid_alive(pid)
 
     def _take_over_stale(self) -> bool:
@@ -229,7 +233,7 @@ class WriterLock:
         seen = self._read_note()
         if not self._is_stale(seen, self.path):
             return False
-        aside = self.path.with_name(f"{self.path.name}.stale.{secrets.token_hex(4)}")
+        aside = self.path.with_name(f"{self.path.name}.stale.{os.urandom(4).hex()}")
         try:
             os.rename(self.path, aside)
         except FileNotFoundError:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import stat
 from pathlib import Path
 
@@ -102,7 +101,7 @@ def seal(directory: str | os.PathLike, manifest: dict, *, files: list[dict] | No
     body = {"format": SEAL_FORMAT, "format_version": SEAL_VERSION, "manifest": manifest, "files": files}
     doc = dict(body, integrity="sha256:" + hashlib.sha256(_canonical(body)).hexdigest())
     final = directory / SIDECAR
-    tmp = directory / f".{SIDECAR}.{os.getpid()}.{secrets.token_hex(4)}.partial"
+    tmp = directory / f".{SIDECAR}.{os.getpid()}.{os.urandom(4).hex()}.partial"
     try:
         with open(tmp, "xb") as f:
             f.write(json.dumps(doc, indent=1, sort_keys=True).encode())

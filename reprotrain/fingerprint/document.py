@@ -5,9 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from functools import lru_cache
-from importlib import resources
+from pathlib import Path
 
 from reprotrain.errors import InvalidDocumentError, ReprotrainError
 
@@ -28,7 +27,7 @@ def empty_lock_section() -> dict:
 
 @lru_cache(maxsize=1)
 def _schema_text() -> str:
-    return resources.files("reprotrain.fingerprint").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8")
+    return (Path(__file__).parent / SCHEMA_RESOURCE).read_text(encoding="utf-8")  # as checkpoint/manifest.py
 
 
 @lru_cache(maxsize=1)
@@ -90,6 +89,8 @@ def write(doc: dict, path) -> str:
     path = os.fspath(path)
     validate(doc, source=path)
     directory = os.path.dirname(os.path.abspath(path))
+    import tempfile  # only when writing: every reader imports this module
+
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     except OSError as exc:
