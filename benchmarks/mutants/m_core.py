@@ -146,7 +146,7 @@ MUTANTS = [
          new="                if False:\n                    continue",
          tests=["tests/test_writer_lock.py::test_checkpoint_layer_saves_resumes_and_excludes_writers_without_fcntl"]),
     dict(name="lock-stale-other-host-taken-over", path=f"{CK}/lock.py",
-         old='return note.get("host") == socket.gethostname() and isinstance(pid, int)',
+         old='return note.get("host") == _hostname() and isinstance(pid, int)',
          new="return isinstance(pid, int)",
          tests=["tests/test_writer_lock.py::test_checkpoint_layer_saves_resumes_and_excludes_writers_without_fcntl"]),
     # -- the unsafe-pickle scan ---------------------------------------------------------------------------------
