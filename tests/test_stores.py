@@ -188,6 +188,34 @@ def test_verify_damaged(store, run, names):
     assert code == 2 and "Traceback" not in err and "nothing-here.pth" in out
 
 
+def test_signed_checkpoint_verifies_trusted_and_a_same_crc_forgery_does_not(store, tmp_path):
+    """Signature format 2 on every store: the tensors' SHA-256 is computed over the bytes read from the store."""
+    import torch
+
+    from reprotrain.checkpoint import CheckpointManager, signing
+    from reprotrain.checkpoint.location import Location
+    from test_signing import _forge_tensor
+
+    key = tmp_path / "key"
+    signing.write_key_pair(key)
+    mgr = CheckpointManager(store.url("signed", uuid.uuid4().hex[:6]), torch.nn.Linear(8, 4), save_policy="never",
+                            signing_key=key, log=lambda m: None)
+    signed = str(mgr.save("latest", epoch=0, step=1, samples_seen=4))
+    mgr.close()
+    doc = _json(store, "verify", signed, "--trusted-key", str(key) + ".pub", "--require-signature", process=False)
+    assert doc["results"][0]["signature"]["status"] == "trusted"
+    (tmp_path / "signed.pth").write_bytes(Location(signed).read_bytes())
+    forged_bytes = _forge_tensor(tmp_path / "signed.pth", tmp_path / "forged.pth").read_bytes()
+    forged = Location(store.url("signed", f"forged-{uuid.uuid4().hex[:6]}.pth"))
+    if forged.is_local:
+        forged.path.write_bytes(forged_bytes)
+    else:
+        fs, path = forged.filesystem()
+        fs.pipe_file(path, forged_bytes)
+    doc = _json(store, "verify", str(forged), "--trusted-key", str(key) + ".pub", expect=5, process=False)
+    assert doc["results"][0]["category"] == "signature-bad", doc
+
+
 def test_inspect(store, run, local_copy, names):
     remote = _json(store, "inspect", f"{run}/{names[-1]}")
     local = _json(store, "inspect", str(local_copy / names[-1]), process=False)
