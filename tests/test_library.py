@@ -273,8 +273,18 @@ def test_the_garbage_collector_gives_back_lock_and_handlers(tmp_path):
 def test_close_joins_the_background_save_thread(tmp_path):
     """No daemon thread outlives close(): one still running when the interpreter finalizes is unwound inside
     torch's C++ and aborts the process (docs/distributed.md, "Ending the process")."""
+    import time
+
+    def slow_exit(frame, event, arg):  # the worker's last step takes a while: only a join waits for it
+        if event == "return" and frame.f_code.co_name == "_loop":
+            time.sleep(0.3)
+
     mgr = manager(tmp_path, save_policy="never", async_save=True).start()
-    mgr.save("latest", epoch=0, step=1, samples_seen=1)  # starts the background thread
+    threading.setprofile(slow_exit)  # for threads started from here on: the save thread
+    try:
+        mgr.save("latest", epoch=0, step=1, samples_seen=1)  # starts the background thread
+    finally:
+        threading.setprofile(None)
     worker = next(t for t in threading.enumerate() if t.name == "reprotrain-save")
     mgr.close()
     assert not worker.is_alive()
