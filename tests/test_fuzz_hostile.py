@@ -1,7 +1,7 @@
 """Hypothesis fuzzing of the readers issue 11 hardened (tests/hostile has the fixed hostile inputs):
 
-* the static pickle scanner: any bytes give a PickleScan (never an exception), and a payload pickle embedded
-  anywhere in a pickle-shaped stream is always found;
+* the static pickle scanner: any bytes give a PickleScan (never an exception), a payload pickle embedded
+  anywhere in a pickle-shaped stream is always found, and its in-buffer decoding agrees with its exact reads;
 * the foreign-file classifier: any bytes, any zip of any members, give a Classification, never exit 0;
 * the checkpoint reader: a genuine checkpoint with any record replaced or added (integrity recomputed, as an
   attacker would) is either read or refused in one line; one carrying a payload anywhere is always refused;
@@ -54,6 +54,41 @@ def test_scanner_finds_a_payload_after_any_safe_prefix_of_opcodes(prefix, payloa
     scan = pickle_scan.scan_pickle(b"\x80\x04" + safe + body)
     assert scan.unsafe(), scan
 
+
+
+class _Trickle(io.BytesIO):
+    """A file object that returns at most 3 bytes a read: the scanner then decodes nearly every opcode through its
+    exact reads, not from its buffer."""
+
+    def read(self, n=-1):
+        return super().read(3 if n is None or n < 0 else min(n, 3))
+
+
+_SCAN_SAMPLES = (
+    [dict(forge.read_records(GENUINE))["archive/data.pkl"]] + PAYLOADS
+    + [pickle.dumps({"ключ": ["值", 2.5, -7, 1 << 70, b"\xff" * 300, bytearray(b"q" * 20), (None, True)],
+                     "long": "x" * 70_000, "set": {1, 2}, "frozen": frozenset([3])}, protocol=protocol)
+       for protocol in range(6)]
+    # A STACK_GLOBAL of non-ASCII names: the decoded text is what the import names.
+    + [b"\x80\x04" + b"".join(b"\x8c" + bytes([len(name)]) + name for name in ("模块".encode(), "函数".encode()))
+       + b"\x93)R."])
+
+
+@SETTINGS
+@given(base=st.sampled_from(_SCAN_SAMPLES), cut=st.integers(0, 80_000),
+       edits=st.lists(st.tuples(st.integers(0, 80_000), st.integers(0, 255)), max_size=3),
+       limit=st.sampled_from([pickle_scan.MAX_PICKLE, 10, 60, 1000, 70_000]))
+def test_scanner_reads_the_same_from_its_buffer_as_byte_by_byte(base, cut, edits, limit):
+    # The scanner decodes most opcodes straight from its buffer and falls back to exact reads at a buffer's or the
+    # limit's edge; both must see the same pickle, whatever it is cut or altered into, whatever the limit.
+    data = bytearray(base[:cut] if cut < len(base) else base)
+    for at, value in edits:
+        if data:
+            data[at % len(data)] = value
+    whole = pickle_scan.scan_pickle(bytes(data), limit=limit)
+    trickled = pickle_scan.scan_pickle(_Trickle(bytes(data)), limit=limit)
+    assert (whole.imports, whole.calls, whole.end, whole.error, whole.first_value, whole.opcodes) == \
+        (trickled.imports, trickled.calls, trickled.end, trickled.error, trickled.first_value, trickled.opcodes)
 
 @SETTINGS
 @given(data=st.binary(max_size=4096))

@@ -15,6 +15,15 @@ MUTANTS = [
          old="                if value is not _OTHER and value is not _MARK and len(memo) < MAX_MEMO:",
          new="                if value is not _OTHER and value is not _MARK and value.text is None and len(memo) < MAX_MEMO:",
          tests=["tests/test_audit_categories.py::test_protocol_4_torch_file_with_globals_fetched_from_the_memo_is_not_unsafe"]),
+    # The scanner's in-buffer decoding (the fast path) against its exact reads.
+    dict(name="scanner-fast-path-reads-past-the-limit", path="reprotrain/checkpoint/pickle_scan.py",
+         old="        return min(len(self.buf), self.limit - self.base)",
+         new="        return len(self.buf)",
+         tests=["tests/test_fuzz_hostile.py::test_scanner_reads_the_same_from_its_buffer_as_byte_by_byte"]),
+    dict(name="scanner-fast-path-decodes-text-as-latin-1", path="reprotrain/checkpoint/pickle_scan.py",
+         old='arg = buf[body:body + length].decode("utf-8", "surrogatepass")',
+         new='arg = buf[body:body + length].decode("latin-1")',
+         tests=["tests/test_fuzz_hostile.py::test_scanner_reads_the_same_from_its_buffer_as_byte_by_byte"]),
     # The regular-file check (fstat on the open descriptor).
     dict(name="special-files-read", path="reprotrain/safeio.py",
          old="        if not stat.S_ISREG(info.st_mode):",

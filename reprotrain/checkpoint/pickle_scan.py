@@ -100,7 +100,6 @@ _STRING_OPS = {"STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "SHORT_BINUN
                "BINUNICODE8"}
 _INT_OPS = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"}
 _CALL_OPS = {"REDUCE": 2, "NEWOBJ": 2, "NEWOBJ_EX": 3}  # position of the callable below the stack top
-_CODE2OP_BYTE = {ord(op.code): op for op in pickletools.opcodes}
 _PREFIX = {pickletools.TAKEN_FROM_ARGUMENT1: ("<B", 1), pickletools.TAKEN_FROM_ARGUMENT4: ("<i", 4),
            pickletools.TAKEN_FROM_ARGUMENT4U: ("<I", 4), pickletools.TAKEN_FROM_ARGUMENT8U: ("<Q", 8)}
 
@@ -120,23 +119,34 @@ def _canonical(module: str, name: str) -> str:
 
 class _Reader:
     """Exact reads from a file object through a 64 KiB buffer, counting the bytes consumed; it never asks the
-    file for more than a chunk at once, whatever a length in the pickle claims."""
+    file for more than a chunk at once, whatever a length in the pickle claims.
 
-    __slots__ = ("f", "count", "limit", "buf", "pos")
+    The scanner's loop decodes most opcodes straight from ``buf`` (up to ``fast_end()``, how far the buffer may be
+    read without passing LIMIT) and keeps ``pos`` in a local; an opcode that does not fit there goes through these
+    methods, which hold the exact rules (EOF, limit) for every read."""
+
+    __slots__ = ("f", "limit", "buf", "pos", "base")
 
     def __init__(self, f: BinaryIO, limit: int):
-        self.f, self.count, self.limit = f, 0, limit
-        self.buf, self.pos = b"", 0
+        self.f, self.limit = f, limit
+        self.buf, self.pos, self.base = b"", 0, 0  # base: bytes consumed before buf[0]
+
+    @property
+    def count(self) -> int:
+        return self.base + self.pos
+
+    def fast_end(self) -> int:
+        return min(len(self.buf), self.limit - self.base)
 
     def _charge(self, n: int) -> None:
-        self.count += n
-        if self.count > self.limit:
+        if self.base + self.pos + n > self.limit:
             raise _TooBig(f"pickle is longer than the {self.limit} byte limit")
 
     def _more(self) -> bool:
         data = self.f.read(_CHUNK)
         if not data:
             return False
+        self.base += self.pos
         self.buf = self.buf[self.pos:] + data
         self.pos = 0
         return True
@@ -144,9 +154,9 @@ class _Reader:
     def byte(self) -> int:
         if self.pos >= len(self.buf) and not self._more():
             raise EOFError("pickle exhausted before seeing STOP")
+        self._charge(1)
         value = self.buf[self.pos]
         self.pos += 1
-        self._charge(1)
         return value
 
     def exact(self, n: int) -> bytes:
@@ -168,6 +178,7 @@ class _Reader:
             if not data:
                 raise EOFError("pickle exhausted before seeing STOP")
             n -= len(data)
+            self.base += len(data)
 
     def line(self) -> bytes:
         while True:
@@ -184,47 +195,81 @@ _FIXED = {"uint1": ("<B", 1), "uint2": ("<H", 2), "int4": ("<i", 4), "uint4": ("
 _TEXT_ARGS = {"unicodestring1", "unicodestring4", "unicodestring8"}
 _BYTES_ARGS = {"bytes1", "bytes4", "bytes8"}
 
+# How an opcode's argument is read, and what the symbolic stack does with the opcode (its role).
+_NO_ARG, _FIXED_ARG, _PREFIXED_ARG, _OTHER_ARG = range(4)
+_AS_TEXT, _AS_BYTES, _AS_OTHER = range(3)
+(_GENERIC, _FRAMING, _STOP, _GLOBAL, _INST, _STACK_GLOBAL, _CALL, _OBJ, _EXT, _STRING, _GET, _PUT,
+ _MEMOIZE) = range(13)
+_ROLES = {"PROTO": _FRAMING, "FRAME": _FRAMING, "STOP": _STOP, "GLOBAL": _GLOBAL, "INST": _INST,
+          "STACK_GLOBAL": _STACK_GLOBAL, "OBJ": _OBJ, "EXT1": _EXT, "EXT2": _EXT, "EXT4": _EXT, "GET": _GET,
+          "BINGET": _GET, "LONG_BINGET": _GET, "PUT": _PUT, "BINPUT": _PUT, "LONG_BINPUT": _PUT,
+          "MEMOIZE": _MEMOIZE, **{name: _CALL for name in _CALL_OPS}, **{name: _STRING for name in _STRING_OPS}}
+_LONGEST_FAST_HEAD = 9  # an opcode byte and at most 8 bytes of fixed argument or length prefix
 
-def _ops(reader: _Reader):
-    """(opcode, argument) of each opcode up to and including STOP; long arguments are skipped (argument _BIG).
 
-    The common argument types are decoded here, the rare ones by pickletools' own readers."""
-    while True:
-        code = reader.byte()
-        opcode = _CODE2OP_BYTE.get(code)
-        if opcode is None:
-            raise ValueError(f"opcode {bytes([code])!r} unknown at byte {reader.count - 1}")
+class _Spec:
+    """Everything the scanner needs of one opcode, looked up once per opcode by its byte."""
+
+    __slots__ = ("opcode", "name", "kind", "fmt", "width", "decode", "reader", "role", "depth", "mark", "count",
+                 "pushed")
+
+    def __init__(self, opcode):
+        self.opcode, self.name = opcode, opcode.name
         desc = opcode.arg
+        self.fmt, self.width, self.decode, self.reader = None, 0, _AS_OTHER, desc.reader if desc else None
         if desc is None:
-            arg = None
+            self.kind = _NO_ARG
         elif desc.name in _FIXED:
-            fmt, width = _FIXED[desc.name]
-            arg = struct.unpack(fmt, reader.exact(width))[0]
-        elif desc.n >= 0:
-            arg = desc.reader(io.BytesIO(reader.exact(desc.n)))
-        elif desc.n == pickletools.UP_TO_NEWLINE:
-            raw = reader.line()
-            if desc.name == "stringnl_noescape_pair":
-                raw += reader.line()
-            arg = desc.reader(io.BytesIO(raw))
+            self.kind = _FIXED_ARG
+            self.fmt, self.width = _FIXED[desc.name]
+        elif desc.n in _PREFIX:
+            self.kind = _PREFIXED_ARG
+            self.fmt, self.width = _PREFIX[desc.n]
+            self.decode = _AS_TEXT if desc.name in _TEXT_ARGS else _AS_BYTES if desc.name in _BYTES_ARGS else _AS_OTHER
         else:
-            fmt, width = _PREFIX[desc.n]
-            prefix = reader.exact(width)
-            length = struct.unpack(fmt, prefix)[0]
-            if length < 0:
-                raise ValueError(f"{opcode.name} with negative length {length}")
-            if length > _SMALL:
-                reader.skip(length)
-                arg = _BIG
-            elif desc.name in _TEXT_ARGS:
-                arg = reader.exact(length).decode("utf-8", "surrogatepass")
-            elif desc.name in _BYTES_ARGS:
-                arg = reader.exact(length)
-            else:
-                arg = desc.reader(io.BytesIO(prefix + reader.exact(length)))
-        yield opcode, arg
-        if opcode.name == "STOP":
-            return
+            self.kind = _OTHER_ARG
+        self.role = _ROLES.get(opcode.name, _GENERIC)
+        self.depth = _CALL_OPS.get(opcode.name, 0)
+        self.mark, self.count, self.pushed = _effect(opcode)
+
+
+def _read_op(reader: _Reader) -> tuple[_Spec, object]:
+    """The opcode at the reader's position and its argument (argument _BIG: longer than _SMALL, skipped), read
+    through the reader's exact methods. The common argument types are decoded here, the rare ones by pickletools'
+    own readers."""
+    code = reader.byte()
+    spec = _SPECS[code]
+    if spec is None:
+        raise ValueError(f"opcode {bytes([code])!r} unknown at byte {reader.count - 1}")
+    desc = spec.opcode.arg
+    if spec.kind == _NO_ARG:
+        arg = None
+    elif spec.kind == _FIXED_ARG:
+        arg = struct.unpack(spec.fmt, reader.exact(spec.width))[0]
+    elif spec.kind == _PREFIXED_ARG:
+        prefix = reader.exact(spec.width)
+        length = struct.unpack(spec.fmt, prefix)[0]
+        if length < 0:
+            raise ValueError(f"{spec.name} with negative length {length}")
+        if length > _SMALL:
+            reader.skip(length)
+            arg = _BIG
+        elif spec.decode == _AS_TEXT:
+            arg = reader.exact(length).decode("utf-8", "surrogatepass")
+        elif spec.decode == _AS_BYTES:
+            arg = reader.exact(length)
+        else:
+            arg = desc.reader(io.BytesIO(prefix + reader.exact(length)))
+    elif desc.n >= 0:
+        arg = desc.reader(io.BytesIO(reader.exact(desc.n)))
+    elif desc.n == pickletools.UP_TO_NEWLINE:
+        raw = reader.line()
+        if desc.name == "stringnl_noescape_pair":
+            raw += reader.line()
+        arg = desc.reader(io.BytesIO(raw))
+    else:  # pragma: no cover - every argument descriptor of pickletools is one of the above
+        raise ValueError(f"{spec.name}: argument of unknown form")
+    return spec, arg
 
 
 def _plausible(name: str) -> bool:
@@ -301,34 +346,67 @@ def scan_pickle(data, start: int = 0, *, limit: int = MAX_PICKLE) -> PickleScan:
     values = 0  # opcodes other than PROTO, FRAME, STOP
     first = None
     memoized, puts = 0, False
+    specs, unpack_from, fast_head = _SPECS, struct.unpack_from, _LONGEST_FAST_HEAD
+    buf, pos, fast_end, opcodes = reader.buf, reader.pos, reader.fast_end(), 0
 
     def note(names: dict, name: str) -> None:
         if name not in names:
             names[name] = None if len(names) < MAX_NAMES else names.setdefault(f"<more than {MAX_NAMES} globals>")
 
     try:
-        for opcode, arg in _ops(reader):
-            scan.opcodes += 1
-            name = opcode.name
-            if name == "STOP":
-                scan.end = start + reader.count
+        while True:
+            # Decode one opcode straight from the buffer when all of it is there and within the limit (the
+            # common case: a few bytes); anything else through the reader's exact methods, from the same byte.
+            spec = None
+            if pos + fast_head <= fast_end:
+                spec = specs[buf[pos]]
+                if spec is not None:
+                    kind = spec.kind
+                    if kind == _NO_ARG:
+                        arg, pos = None, pos + 1
+                    elif kind == _FIXED_ARG:
+                        arg, pos = unpack_from(spec.fmt, buf, pos + 1)[0], pos + 1 + spec.width
+                    elif kind == _PREFIXED_ARG:
+                        body = pos + 1 + spec.width
+                        length = unpack_from(spec.fmt, buf, pos + 1)[0]
+                        if 0 <= length <= _SMALL and body + length <= fast_end:
+                            decode = spec.decode
+                            if decode == _AS_TEXT:
+                                arg = buf[body:body + length].decode("utf-8", "surrogatepass")
+                            elif decode == _AS_BYTES:
+                                arg = buf[body:body + length]
+                            else:
+                                arg = spec.reader(io.BytesIO(buf[pos + 1:body + length]))
+                            pos = body + length
+                        else:
+                            spec = None
+                    else:
+                        spec = None
+            if spec is None:
+                reader.pos = pos
+                spec, arg = _read_op(reader)
+                buf, pos, fast_end = reader.buf, reader.pos, reader.fast_end()
+            opcodes += 1
+            role = spec.role
+            if role == _STOP:
+                scan.end = start + reader.base + pos
                 break
-            if name not in ("PROTO", "FRAME"):
+            if role != _FRAMING:
                 values += 1
                 if values == 1:
-                    first = (name, arg)
-            if name in ("GLOBAL", "INST"):
+                    first = (spec.name, arg)
+            if role == _GLOBAL or role == _INST:
                 module, _, attr = str(arg).partition(" ")
                 target = _canonical(module, attr)
                 note(imports, target)
-                if name == "INST":
+                if role == _INST:
                     note(calls, target)
                     _pop_to_mark(stack)
                     stack.append(_OTHER)
                 else:
                     stack.append(_Value(global_name=target))
                 continue
-            if name == "STACK_GLOBAL":
+            if role == _STACK_GLOBAL:
                 attr, module = _pop(stack), _pop(stack)
                 if module.text is None or attr.text is None:
                     target = "<unresolvable STACK_GLOBAL>"
@@ -337,27 +415,17 @@ def scan_pickle(data, start: int = 0, *, limit: int = MAX_PICKLE) -> PickleScan:
                 note(imports, target)
                 stack.append(_Value(global_name=target))
                 continue
-            if name in _CALL_OPS:
-                depth = _CALL_OPS[name]
-                callee = stack[-depth] if len(stack) >= depth else _OTHER
-                note(calls, getattr(callee, "global_name", None) or "<computed callable>")
-            elif name == "OBJ":
-                mark = _mark_index(stack)
-                callee = stack[mark + 1] if mark + 1 < len(stack) else _OTHER
-                note(calls, getattr(callee, "global_name", None) or "<computed callable>")
-            elif name.startswith("EXT"):
-                note(imports, f"<copyreg extension {arg}>")
-            if name in _STRING_OPS:
+            if role == _STRING:
                 if arg is _BIG or len(arg) > _TEXT:
                     stack.append(_OTHER)
                 else:
                     stack.append(_Value(text=arg.decode("latin-1") if isinstance(arg, bytes) else arg))
-            elif name in ("GET", "BINGET", "LONG_BINGET"):
+            elif role == _GET:
                 stack.append(memo.get(arg, _OTHER))
-            elif name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE"):
+            elif role == _PUT or role == _MEMOIZE:
                 # MEMOIZE stores at len(memo); no pickler mixes it with PUT, and a model of a mixed memo that
                 # drifted from the real one could resolve a GET to the wrong (safe-looking) name: refused.
-                if name == "MEMOIZE":
+                if role == _MEMOIZE:
                     if puts:
                         raise ValueError("pickle mixes PUT and MEMOIZE")
                     key, memoized = memoized, memoized + 1
@@ -371,15 +439,34 @@ def scan_pickle(data, start: int = 0, *, limit: int = MAX_PICKLE) -> PickleScan:
                 else:
                     memo.pop(key, None)  # a later GET of it sees "anything": fails closed
             else:
-                _apply_generic(opcode, stack)
+                if role == _CALL:
+                    depth = spec.depth
+                    callee = stack[-depth] if len(stack) >= depth else _OTHER
+                    note(calls, getattr(callee, "global_name", None) or "<computed callable>")
+                elif role == _OBJ:
+                    mark = _mark_index(stack)
+                    callee = stack[mark + 1] if mark + 1 < len(stack) else _OTHER
+                    note(calls, getattr(callee, "global_name", None) or "<computed callable>")
+                elif role == _EXT:
+                    note(imports, f"<copyreg extension {arg}>")
+                # Pop what the opcode consumes and push placeholders for what it produces (pickletools
+                # describes both).
+                if spec.mark:
+                    _pop_to_mark(stack)
+                count = spec.count
+                if count:
+                    if len(stack) < count or _MARK in stack[-count:]:
+                        raise ValueError("stack underflow")
+                    del stack[-count:]
+                if spec.pushed:
+                    stack.extend(spec.pushed)
             if len(stack) > MAX_STACK:
                 raise _TooBig(f"pickle keeps more than {MAX_STACK} values on its stack")
-        else:
-            scan.error = "pickle ends without a STOP opcode"
     except _TooBig as exc:
         scan.error = f"pickle too large to scan: {exc}"
     except (ValueError, struct.error, EOFError, IndexError, UnicodeDecodeError, OverflowError) as exc:
         scan.error = f"malformed pickle: {exc}"
+    scan.opcodes = opcodes
     scan.imports, scan.calls = list(imports), list(calls)
     if not scan.error and values == 1 and first[0] in _INT_OPS:
         scan.first_value = first[1]
@@ -410,16 +497,7 @@ def _effect(opcode) -> tuple[bool, int, tuple]:
     return mark, count, tuple(_MARK if item is pickletools.markobject else _OTHER for item in after)
 
 
-_EFFECTS = {op.name: _effect(op) for op in pickletools.opcodes}
-
-
-def _apply_generic(opcode, stack: list) -> None:
-    """Pop what OPCODE consumes and push placeholders for what it produces (pickletools describes both)."""
-    mark, count, pushed = _EFFECTS[opcode.name]
-    if mark:
-        _pop_to_mark(stack)
-    if count:
-        if len(stack) < count or _MARK in stack[-count:]:
-            raise ValueError("stack underflow")
-        del stack[-count:]
-    stack.extend(pushed)
+_SPECS: list = [None] * 256
+for _opcode in pickletools.opcodes:
+    _SPECS[ord(_opcode.code)] = _Spec(_opcode)
+del _opcode
