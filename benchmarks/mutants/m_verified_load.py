@@ -3,8 +3,8 @@
 MUTANTS = [
     dict(name="one-pass-load-ignores-tensor-crc",
          path="reprotrain/checkpoint/container.py",
-         old="crc = _read_body_into(f, into(rec), start, pool, tensors)",
-         new="_read_body_into(f, into(rec), start, pool, tensors); crc = rec.crc32",
+         old="crc = _read_body_into(f, into(rec), start, pool if rec.size > READ_CHUNK else None, tensors)",
+         new="_read_body_into(f, into(rec), start, pool if rec.size > READ_CHUNK else None, tensors); crc = rec.crc32",
          tests=["tests/test_checkpoint_verified_load.py::test_one_pass_load_refuses_a_flipped_bit",
                 "tests/test_checkpoint_verified_load.py::test_resume_skips_a_damaged_newest_checkpoint_in_one_pass"]),
     dict(name="one-pass-load-crc-skips-second-chunk",

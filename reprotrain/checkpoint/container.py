@@ -456,7 +456,9 @@ def check_and_redigest(f: BinaryIO, directory: Directory, comment_len: int | Non
                     from concurrent.futures import ThreadPoolExecutor  # only for a large record
 
                     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reprotrain-crc")
-                crc = _read_body_into(f, into(rec), start, pool, tensors)
+                # A body of one chunk has nothing to overlap its CRC with: a round trip to the pool would only
+                # add a thread hand-off per small tensor.
+                crc = _read_body_into(f, into(rec), start, pool if rec.size > READ_CHUNK else None, tensors)
                 checked += rec.size
             else:
                 crc = 0
