@@ -161,12 +161,11 @@ def _verify_one(path: Location, reference: _Reference, digest: bool, trusted=Non
 
         verdict = screened or trusted.check(info.directory, integrity.tensors_digest)
         result.signature = verdict.to_dict()
-        as_unsigned = verdict.status in (signing.UNSIGNED, signing.WEAK)
-        if not verdict.ok and (not as_unsigned or require_signature):
+        if verdict.refused(require_signature=require_signature):
             result.exit_code, result.category = 5, f"signature-{verdict.status}"
-            result.reason = verdict.message + ("; a signature is required" if as_unsigned else "")
+            result.reason = verdict.message + ("; a signature is required" if verdict.as_unsigned else "")
             return result
-        if as_unsigned:
+        if verdict.as_unsigned:
             result.warnings.append("not signed" if verdict.status == signing.UNSIGNED else verdict.message)
     elif info.signature is not None:
         result.signature = {"status": "not-checked", **info.signature,

@@ -178,6 +178,16 @@ class Verdict:
     def ok(self) -> bool:
         return self.status == TRUSTED
 
+    @property
+    def as_unsigned(self) -> bool:
+        """No signature a reader could check: unsigned, or format 1 (which binds no tensor byte)."""
+        return self.status in (UNSIGNED, WEAK)
+
+    def refused(self, *, require_signature: bool) -> bool:
+        """Whether a reader that trusts some keys refuses this file: any signature failure, and an unsigned (or
+        weak) file only when a signature is required."""
+        return not self.ok and (require_signature or not self.as_unsigned)
+
     def to_dict(self) -> dict:
         return {"status": self.status, "key_id": self.key_id, "time": self.time, "message": self.message}
 
@@ -257,10 +267,8 @@ def _bad(line: SignatureLine) -> Verdict:
 
 
 def require(verdict: Verdict, *, path, require_signature: bool = True) -> None:
-    """Raise SignatureRefused (exit 5) unless the verdict is acceptable (`weak` counts as unsigned)."""
-    if verdict.status in (UNSIGNED, WEAK) and not require_signature:
-        return
-    if not verdict.ok:
+    """Raise SignatureRefused (exit 5) when the verdict is refused (`weak` counts as unsigned)."""
+    if verdict.refused(require_signature=require_signature):
         raise SignatureRefused(verdict.message, path=path)
 
 
