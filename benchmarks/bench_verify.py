@@ -1,4 +1,5 @@
-"""Verify speed: manifest-only verify of a 512 MiB checkpoint, and full verify against raw read + CRC-32.
+"""Verify speed: manifest-only verify of a 512 MiB checkpoint, full verify against raw read + CRC-32, and the static
+pickle scan every reader runs against torch's weights-only unpickler of the same pickle.
 
 Run: python benchmarks/bench_verify.py [--mib N] [--runs N]. Prints figure, value, target, baseline, ratio
 (medians of --runs runs, baselines measured in the same run on the same file).
@@ -53,10 +54,41 @@ def _make_checkpoint(folder: Path, mib: int) -> tuple[Path, Path]:
     return path, against
 
 
+def _scan_row(runs: int) -> tuple[str, str, str, str, str]:
+    """The static scan of a model's and optimizer's data.pkl (1040 tensors) against the weights-only unpickler's parse
+    of the same pickle (its storages handed in ready-made: the pickle walk only, as a resume pays it)."""
+    import io
+
+    import torch
+    from torch import _weights_only_unpickler
+
+    from reprotrain.checkpoint import format as ckformat, pickle_scan
+
+    model = torch.nn.Sequential(*[torch.nn.Linear(8, 8) for _ in range(130)])
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(2, 8)).sum().backward()
+    optimizer.step()
+    pickled, storages = ckformat.serialize({"model": model.state_dict(), "optimizer": optimizer.state_dict()})
+    by_key = dict(storages)
+
+    def unpickle():
+        unpickler = _weights_only_unpickler.Unpickler(io.BytesIO(pickled), encoding="utf-8")
+        unpickler.persistent_load = lambda saved: torch.storage.TypedStorage(
+            wrap_storage=by_key[saved[2]], dtype=saved[1].dtype if saved[1] is not torch.UntypedStorage else torch.uint8,
+            _internal=True)
+        unpickler.load()
+
+    scan = median_seconds(lambda: pickle_scan.scan_pickle(pickled), runs * 4)
+    parse = median_seconds(unpickle, runs * 4)
+    opcodes = pickle_scan.scan_pickle(pickled).opcodes
+    return (f"static pickle scan ({len(storages)} tensors, {opcodes} opcodes)", f"{scan * 1e3:.1f} ms", "-",
+            f"weights-only unpickler {parse * 1e3:.1f} ms", f"{scan / parse:.2f}x")
+
+
 def run(mib: int = 512, runs: int = 5) -> list[tuple[str, str, str, str, str]]:
     from reprotrain.audit import verify_paths
 
-    rows = []
+    rows = [_scan_row(runs)]
     with tempfile.TemporaryDirectory(prefix="reprotrain-bench-verify-") as tmp:
         path, against = _make_checkpoint(Path(tmp), mib)
         size = path.stat().st_size

@@ -343,8 +343,8 @@ def scan_pickle(data, start: int = 0, *, limit: int = MAX_PICKLE) -> PickleScan:
     memo: dict = {}
     imports: dict[str, None] = {}
     calls: dict[str, None] = {}
-    values = 0  # opcodes other than PROTO, FRAME, STOP
-    first = None
+    framing = 0  # PROTO and FRAME: not values
+    first = None  # the first generic opcode and its argument
     memoized, puts = 0, False
     specs, unpack_from, fast_head = _SPECS, struct.unpack_from, _LONGEST_FAST_HEAD
     buf, pos, fast_end, opcodes = reader.buf, reader.pos, reader.fast_end(), 0
@@ -388,13 +388,45 @@ def scan_pickle(data, start: int = 0, *, limit: int = MAX_PICKLE) -> PickleScan:
                 buf, pos, fast_end = reader.buf, reader.pos, reader.fast_end()
             opcodes += 1
             role = spec.role
+            if role == _GENERIC:  # the most frequent: pop what the opcode consumes, push placeholders
+                if first is None:  # only a generic opcode (an integer) can be a one-value pickle's first_value
+                    first = (spec.name, arg)
+                if spec.mark:
+                    _pop_to_mark(stack)
+                count = spec.count
+                if count:
+                    if len(stack) < count or _MARK in stack[-count:]:
+                        raise ValueError("stack underflow")
+                    del stack[-count:]
+                pushed = spec.pushed
+                if pushed:
+                    stack.extend(pushed)
+                    if len(stack) > MAX_STACK:
+                        raise _TooBig(f"pickle keeps more than {MAX_STACK} values on its stack")
+                continue
+            if role == _PUT or role == _MEMOIZE:
+                # MEMOIZE stores at len(memo); no pickler mixes it with PUT, and a model of a mixed memo that
+                # drifted from the real one could resolve a GET to the wrong (safe-looking) name: refused.
+                if role == _MEMOIZE:
+                    if puts:
+                        raise ValueError("pickle mixes PUT and MEMOIZE")
+                    key, memoized = memoized, memoized + 1
+                else:
+                    if memoized:
+                        raise ValueError("pickle mixes PUT and MEMOIZE")
+                    key, puts = arg, True
+                value = stack[-1] if stack else _OTHER
+                if value is not _OTHER and value is not _MARK and len(memo) < MAX_MEMO:
+                    memo[key] = value
+                else:
+                    memo.pop(key, None)  # a later GET of it sees "anything": fails closed
+                continue
             if role == _STOP:
                 scan.end = start + reader.base + pos
                 break
-            if role != _FRAMING:
-                values += 1
-                if values == 1:
-                    first = (spec.name, arg)
+            if role == _FRAMING:
+                framing += 1
+                continue
             if role == _GLOBAL or role == _INST:
                 module, _, attr = str(arg).partition(" ")
                 target = _canonical(module, attr)
@@ -422,22 +454,6 @@ def scan_pickle(data, start: int = 0, *, limit: int = MAX_PICKLE) -> PickleScan:
                     stack.append(_Value(text=arg.decode("latin-1") if isinstance(arg, bytes) else arg))
             elif role == _GET:
                 stack.append(memo.get(arg, _OTHER))
-            elif role == _PUT or role == _MEMOIZE:
-                # MEMOIZE stores at len(memo); no pickler mixes it with PUT, and a model of a mixed memo that
-                # drifted from the real one could resolve a GET to the wrong (safe-looking) name: refused.
-                if role == _MEMOIZE:
-                    if puts:
-                        raise ValueError("pickle mixes PUT and MEMOIZE")
-                    key, memoized = memoized, memoized + 1
-                else:
-                    if memoized:
-                        raise ValueError("pickle mixes PUT and MEMOIZE")
-                    key, puts = arg, True
-                value = stack[-1] if stack else _OTHER
-                if value is not _OTHER and value is not _MARK and len(memo) < MAX_MEMO:
-                    memo[key] = value
-                else:
-                    memo.pop(key, None)  # a later GET of it sees "anything": fails closed
             else:
                 if role == _CALL:
                     depth = spec.depth
@@ -450,7 +466,7 @@ def scan_pickle(data, start: int = 0, *, limit: int = MAX_PICKLE) -> PickleScan:
                 elif role == _EXT:
                     note(imports, f"<copyreg extension {arg}>")
                 # Pop what the opcode consumes and push placeholders for what it produces (pickletools
-                # describes both).
+                # describes both): as for a generic opcode.
                 if spec.mark:
                     _pop_to_mark(stack)
                 count = spec.count
@@ -468,7 +484,8 @@ def scan_pickle(data, start: int = 0, *, limit: int = MAX_PICKLE) -> PickleScan:
         scan.error = f"malformed pickle: {exc}"
     scan.opcodes = opcodes
     scan.imports, scan.calls = list(imports), list(calls)
-    if not scan.error and values == 1 and first[0] in _INT_OPS:
+    values = opcodes - framing - 1  # a complete pickle: every opcode but the framing and STOP
+    if not scan.error and values == 1 and first is not None and first[0] in _INT_OPS:
         scan.first_value = first[1]
     return scan
 
