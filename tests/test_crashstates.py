@@ -23,7 +23,8 @@ from reprotrain.checkpoint.storage import local as store  # noqa: E402  (the loc
 def test_every_power_loss_crash_state_of_real_saves_is_consistent():
     stats = crashstates.explore(quick=True, log=lambda m: None)
     assert stats["traces"] == len(crashstates.WORKLOADS) + 1  # + the object-store trace
-    assert stats["operations"] > 300 and stats["states"] > 400, stats
+    # The writer gathers small writes (headers, small tensors) into writes of up to 256 KiB: about 120 operations.
+    assert stats["operations"] > 100 and stats["states"] > 400, stats
     assert set(stats["per_model"]) == {"posix", "ext4-ordered", "objectstore"}
     assert stats["violations"] == 0, "\n".join(stats["examples"])
 

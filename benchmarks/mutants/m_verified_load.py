@@ -1,6 +1,11 @@
 """Mutants of the one-pass verified load (reprotrain/checkpoint/container.py, state.py) that resume uses."""
 
 MUTANTS = [
+    dict(name="writer-large-body-overtakes-gathered-bytes",
+         path="reprotrain/checkpoint/container.py",
+         old="        else:\n            self._flush()\n            self._write_all(data)",
+         new="        else:\n            self._write_all(data)",
+         tests=["tests/test_checkpoint_verified_load.py::test_one_pass_load_returns_what_torch_load_returns"]),
     dict(name="one-pass-load-ignores-tensor-crc",
          path="reprotrain/checkpoint/container.py",
          old="crc = _read_body_into(f, into(rec), start, pool if rec.size > READ_CHUNK else None, tensors)",

@@ -49,6 +49,7 @@ CHUNK = 16 << 20
 # Reading into tensor memory overlaps the CRC-32 of one chunk with the read of the next: smaller chunks than
 # the writer's, so that a tensor of a few MiB already runs on two cores.
 READ_CHUNK = 4 << 20
+_GATHER = 256 << 10  # small writes are gathered up to this size (ContainerWriter)
 
 _LOCAL = struct.Struct("<IHHHHHIIIHH")  # local file header
 _CENTRAL = struct.Struct("<IHHHHHHIIIHHHHHII")  # central directory header
@@ -142,17 +143,35 @@ class ContainerWriter:
         # Started only for a record of more than one chunk: there is nothing to overlap below that, and a
         # thread start per save is a fixed cost that dominates small checkpoints.
         self._crc_pool: "ThreadPoolExecutor | None" = None
+        # Headers, descriptors, directory entries and small bodies are gathered into one write of up to
+        # _GATHER bytes (a state of hundreds of small tensors is otherwise thousands of tiny writes).
+        self._pending = bytearray()
 
     def _emit(self, data, *, hashed: bool) -> None:
-        view = memoryview(data)
+        size = memoryview(data).nbytes
+        if hashed:
+            self._meta_hash.update(data)
+        if size < _GATHER:
+            self._pending += data
+            if len(self._pending) >= _GATHER:
+                self._flush()
+        else:
+            self._flush()
+            self._write_all(data)
+        self._offset += size
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._write_all(self._pending)
+            self._pending = bytearray()
+
+    def _write_all(self, data) -> None:
+        view = memoryview(data).cast("B")
         while view:
             written = self._f.write(view)
             if written is None:  # raw file objects may write less; buffered ones return the length
                 written = len(view)
             view = view[written:]
-        if hashed:
-            self._meta_hash.update(data)
-        self._offset += len(data)
 
     def _local_header(self, name: bytes, size: int, zip64: bool) -> bytes:
         extra = b""
@@ -248,6 +267,7 @@ class ContainerWriter:
         if sign is not None:
             comment += b"\n" + sign("sha256:" + digest, self.tensors_digest).encode()
         self._emit(comment, hashed=False)
+        self._flush()
         return "sha256:" + digest
 
 
