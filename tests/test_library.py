@@ -409,3 +409,42 @@ def test_an_own_sampler_and_a_stateful_dataloader_bound_through_extra_state_cont
     again.close()
     assert [b.tolist() for b in mine] == rest_mine and len(rest_mine) == 4
     assert [b.tolist() for b in theirs] == rest_theirs and len(rest_theirs) == 4
+
+
+def test_async_save_holds_the_state_of_the_moment_save_returned(tmp_path):
+    """The snapshot is a copy taken on the training thread: an optimizer step right after save() returns (the
+    background thread still writing) does not reach the checkpoint, and the copies carry no autograd graph."""
+    import time
+
+    def slow_start(frame, event, arg):  # the save thread starts writing only after the step below
+        if event == "call" and frame.f_code.co_name == "_run":
+            time.sleep(0.3)
+
+    mgr = manager(tmp_path, save_policy="never", async_save=True).start()
+    model = mgr.model
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    threading.setprofile(slow_start)  # for threads started from here on: the save thread
+    try:
+        mgr.save("latest", epoch=0, step=1, samples_seen=1)
+    finally:
+        threading.setprofile(None)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1.0)  # training goes on while the save is in flight
+    mgr.wait()
+    path = mgr.last_saved
+    mgr.close()
+    saved = torch.load(path, weights_only=True)["state"]["model"]
+    assert all(torch.equal(saved[k], before[k]) for k in before)
+    assert not any(t.requires_grad or t.grad_fn is not None for t in saved.values())
+
+
+def test_a_snapshot_copy_carries_no_autograd_graph():
+    # A state tree may hold tensors that require grad (a Parameter in a user's extra state): the copy must be a plain
+    # tensor, never a graph node that would hold the live parameter alive or refuse to pickle.
+    from reprotrain.checkpoint.state import Snapshot
+
+    parameter = torch.nn.Parameter(torch.randn(3))
+    copy = Snapshot().take({"p": parameter})["p"]
+    assert torch.equal(copy, parameter.detach())
+    assert not copy.requires_grad and copy.grad_fn is None

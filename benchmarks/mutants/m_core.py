@@ -33,6 +33,16 @@ MUTANTS = [
          new='where = "(top level)"',
          tests=[f"{FORMAT}::test_manifest_that_breaks_the_schema_is_refused_by_every_reader"]),
     # -- secret redaction ---------------------------------------------------------------------------------------
+    # The asynchronous snapshot: a copy, taken outside autograd.
+    dict(name="async-snapshot-shares-the-live-tensors", path=f"{CK}/state.py",
+         old="            return buf\n",
+         new="            return tree\n",
+         tests=["tests/test_library.py::test_async_save_holds_the_state_of_the_moment_save_returned"]),
+    dict(name="async-snapshot-copies-inside-autograd", path=f"{CK}/state.py",
+         old="        with torch.no_grad():  # the copies are not part of any graph (no detach() per tensor)\n"
+             "            return self._take(tree, \"\")",
+         new="        return self._take(tree, \"\")",
+         tests=["tests/test_library.py::test_a_snapshot_copy_carries_no_autograd_graph"]),
     dict(name="redact-nested-config-values-skipped", path=f"{CK}/state.py",
          old="else redact_secrets(v))",
          new="else v)",

@@ -89,24 +89,30 @@ class Snapshot:
         self._buffers: dict[str, torch.Tensor] = {}
         self._cuda_devices: set[torch.device] = set()  # devices copied from since the last copied()
 
-    def take(self, tree: Any, where: str = "") -> Any:
+    def take(self, tree: Any) -> Any:
+        """A copy of TREE whose tensors are this snapshot's buffers (plain values are shared: immutable)."""
+        with torch.no_grad():  # the copies are not part of any graph (no detach() per tensor)
+            return self._take(tree, "")
+
+    def _take(self, tree: Any, where: str) -> Any:
         if isinstance(tree, torch.Tensor):
+            cuda = tree.is_cuda
             buf = self._buffers.get(where)
             if buf is None or buf.shape != tree.shape or buf.dtype != tree.dtype:
                 buf = torch.empty(tree.shape, dtype=tree.dtype, device="cpu",
-                                  pin_memory=tree.is_cuda and torch.cuda.is_available())
+                                  pin_memory=cuda and torch.cuda.is_available())
                 self._buffers[where] = buf
-            buf.copy_(tree.detach(), non_blocking=tree.is_cuda)
-            if tree.is_cuda:
+            buf.copy_(tree, non_blocking=cuda)
+            if cuda:
                 self._cuda_devices.add(tree.device)
             return buf
         if isinstance(tree, dict):
-            return type(tree)((k, self.take(v, f"{where}/{k}")) for k, v in tree.items()) \
-                if isinstance(tree, OrderedDict) else {k: self.take(v, f"{where}/{k}") for k, v in tree.items()}
+            return type(tree)((k, self._take(v, f"{where}/{k}")) for k, v in tree.items()) \
+                if isinstance(tree, OrderedDict) else {k: self._take(v, f"{where}/{k}") for k, v in tree.items()}
         if isinstance(tree, list):
-            return [self.take(v, f"{where}/{i}") for i, v in enumerate(tree)]
+            return [self._take(v, f"{where}/{i}") for i, v in enumerate(tree)]
         if isinstance(tree, tuple):
-            return tuple(self.take(v, f"{where}/{i}") for i, v in enumerate(tree))
+            return tuple(self._take(v, f"{where}/{i}") for i, v in enumerate(tree))
         return tree  # immutable plain value
 
     def copied(self) -> list:
