@@ -60,19 +60,20 @@ def rank_and_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist else (0, 1)
 
 
-def _gather(obj) -> list:
-    """OBJ from every rank, in rank order (plain values only, between this job's own ranks)."""
+def _gather(obj, group=None) -> list:
+    """OBJ from every rank, in rank order (plain values only, between this job's own ranks). ``group``: a process
+    group of every rank (the background saves' own, ``background_group``); None: the default group."""
     dist = _dist()
     if dist is None:
         return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
+    out = [None] * dist.get_world_size(group)
+    dist.all_gather_object(out, obj, group=group)
     return out
 
 
-def _agree(error: str | None, what: str, *, path) -> None:
+def _agree(error: str | None, what: str, *, path, group=None) -> None:
     """Every rank raises if any rank failed (the first failing rank's message)."""
-    outcomes = _gather(error)
+    outcomes = _gather(error, group)
     failed = [(rank, e) for rank, e in enumerate(outcomes) if e is not None]
     if failed:
         rank, message = failed[0]
@@ -83,6 +84,18 @@ def _agree(error: str | None, what: str, *, path) -> None:
 def gather_fingerprints(fingerprint: dict) -> list[dict]:
     """Every rank's environment fingerprint, in rank order."""
     return _gather(fingerprint)
+
+
+def _one_line(exc: BaseException) -> str:
+    """One line for a failed DCP call. DCP raises CheckpointException (a BaseException, not an Exception) on every
+    rank when any rank failed: the line names the first failing rank and its own error."""
+    failures = getattr(exc, "failures", None)
+    if isinstance(failures, dict) and failures:
+        rank = min(failures)
+        inner = failures[rank][0] if isinstance(failures[rank], tuple) else failures[rank]
+        return f"rank {rank}: {_one_line(inner) if isinstance(inner, BaseException) else inner}"
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _share(paths: list[str], rank: int, world: int) -> list[str]:
@@ -241,14 +254,18 @@ def _verify(directory: Path, entries: list[dict]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------- save
-def save(run_dir_path: str | os.PathLike, name: str, state_dict: dict, manifest: dict | None) -> Path:
+def save(run_dir_path: str | os.PathLike, name: str, state_dict: dict, manifest: dict | None, *,
+         group=None) -> Path:
     """Collective: write ``state_dict`` (DCP's form: DTensors and plain tensors, e.g. from get_state_dict) as the
     sharded checkpoint ``run_dir_path/name``. ``manifest`` matters on rank 0 only (it must hold the writer lock).
+    ``group``: the process group of every collective of the save, DCP's included (None: the default group); a
+    background save passes its own (``background_group``), so that it never shares one with training.
 
     Returns the committed directory on every rank; raises CorruptCheckpoint (exit 2) on every rank when any rank
     failed, after removing the partial directory.
     """
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
 
     rank, _ = rank_and_world()
     run_dir = Path(run_dir_path)
@@ -263,19 +280,19 @@ def save(run_dir_path: str | os.PathLike, name: str, state_dict: dict, manifest:
         except OSError as exc:
             error = f"{os_error_message(exc)} while creating {partial.name}"
     try:
-        _agree(error, f"saving {name}", path=run_dir)
+        _agree(error, f"saving {name}", path=run_dir, group=group)
         # Each rank's files are hashed and made durable as DCP writes them (no second read): the records travel to
         # rank 0 with the outcome.
         records, error = [], None
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reprotrain-sha256") as pool:
             writer = _sealing_writer(partial, pool)
             try:
-                dcp.save(state_dict, storage_writer=writer)
+                dcp.save(state_dict, storage_writer=writer, process_group=group)
                 records = _written_records(writer, partial)
-            except Exception as exc:  # noqa: BLE001 - one line per rank, agreed below
-                error = f"dcp.save: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-        gathered = _gather((error, records))
-        _agree(next((e for e, _ in gathered if e), None), f"saving {name}", path=run_dir)
+            except (Exception, CheckpointException) as exc:  # noqa: BLE001 - one line per rank, agreed below
+                error = f"dcp.save: {_one_line(exc)}"
+        gathered = _gather((error, records), group)
+        _agree(next((e for e, _ in gathered if e), None), f"saving {name}", path=run_dir, group=group)
         error = None
         if rank == 0:
             try:
@@ -285,7 +302,7 @@ def save(run_dir_path: str | os.PathLike, name: str, state_dict: dict, manifest:
                 error = exc.message
             except OSError as exc:
                 error = f"{os_error_message(exc)} while committing"
-        _agree(error, f"saving {name}", path=run_dir)
+        _agree(error, f"saving {name}", path=run_dir, group=group)
     except BaseException:
         if rank == 0:
             shutil.rmtree(partial, ignore_errors=True)
@@ -305,6 +322,54 @@ def _replace_directory(partial: Path, final: Path) -> None:
     fsync_directory(final.parent)
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------- background saves
+def background_group():
+    """Collective (every rank, once, at the same point): a dedicated gloo process group for the collectives of
+    background saves, DCP's included, so that they never interleave with training's on the default group (a
+    thread's collectives on a group another thread uses would be matched with the wrong peers' ones). None
+    without a process group or with one rank."""
+    dist = _dist()
+    if dist is None or dist.get_world_size() == 1:
+        return None
+    return dist.new_group(backend="gloo")
+
+
+def destroy_group(group) -> None:
+    """Give back a group made by background_group (its gloo worker threads are joined). Not collective: every rank
+    calls it once its own background saves are over. Nothing to do when the whole package was already torn down
+    (``destroy_process_group()`` destroys every group)."""
+    dist = _dist()
+    if group is None or dist is None:
+        return
+    try:
+        dist.destroy_process_group(group)
+    except (ValueError, RuntimeError):  # already destroyed with the default group
+        pass
+
+
+class Stager:
+    """The training thread's part of a background save: a copy of this rank's state (its local shards; DTensors
+    stay DTensors over host copies of their local tensors; non-tensor values deep-copied) into host memory, by
+    DCP's own stager (torch.distributed.checkpoint.staging.DefaultStager, the staging of ``dcp.async_save``). The
+    host buffers are kept between saves (keyed by the source storage): the next staging is a copy into memory that
+    is already mapped. The caller stages again only after the previous staged state has been written."""
+
+    def __init__(self):
+        from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+        cuda = torch.cuda.is_available()
+        # Pinned buffers and non-blocking copies where there is a GPU to copy from; stage() returns once the copies
+        # are complete either way (synchronous staging).
+        self._stager = DefaultStager(StagingOptions(use_pinned_memory=cuda, use_shared_memory=False,
+                                                    use_async_staging=False, use_non_blocking_copy=cuda))
+
+    def stage(self, state_dict: dict) -> dict:
+        return self._stager.stage(state_dict)
+
+    def close(self) -> None:
+        self._stager.close()
 
 
 # ---------------------------------------------------------------------------------------------------- verify / load
@@ -387,6 +452,7 @@ def load(directory: str | os.PathLike, state_dict: dict, *, verify_first: bool =
     damaged directory never touches ``state_dict`` (the manager does so when no older checkpoint could repair it).
     """
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
 
     directory = Path(directory)
     if verify_first:
@@ -413,8 +479,8 @@ def load(directory: str | os.PathLike, state_dict: dict, *, verify_first: bool =
         verdict = pool.submit(_verify, directory, later)
         try:
             dcp.load(state_dict, checkpoint_id=directory, planner=_weights_only_planner())
-        except Exception as exc:  # noqa: BLE001 - a checked directory that DCP cannot load (a foreign layout)
-            error = f"dcp.load: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        except (Exception, CheckpointException) as exc:  # noqa: BLE001 - a checked directory DCP cannot load
+            error = f"dcp.load: {_one_line(exc)}"
         problems = verdict.result()
     _agree_problems(_message(problems), directory)  # a damaged shard is named, not DCP's reaction to it
     _agree(error, "loading", path=directory)
