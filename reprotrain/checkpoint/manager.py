@@ -97,13 +97,21 @@ def _directory_key(run_dir) -> str:
 
 
 def _release(key: str, run_dir, signals: SignalGuard, saver: BackgroundSaver | None, metrics: list,
-             should_write: bool) -> None:
-    """Give back everything a manager holds; run by close(), the garbage collector and at interpreter exit."""
+             should_write: bool, background: tuple | None = None) -> None:
+    """Give back everything a manager holds; run by close(), the garbage collector and at interpreter exit.
+    ``background``: a sharded manager's (stager, process group) of its background saves, given back after the
+    saving thread has ended (the group's gloo workers are joined: docs/distributed.md, "Ending the process")."""
     try:
         signals.restore()
         if saver is not None:
             saver.stop()
     finally:
+        if background is not None:
+            stager, group = background
+            try:
+                stager.close()
+            finally:
+                ckshard.destroy_group(group)
         try:
             for log in metrics:
                 log.close()
@@ -151,8 +159,6 @@ class CheckpointManager:
         self.coordinator = opts.coordinator
         self.sharded, self.rank = opts.sharded, 0
         if self.sharded:
-            if opts.async_save:
-                raise ReprotrainError("async_save is not available with sharded=True (sharded saves are synchronous)")
             if opts.signing_key is not None or opts.trusted_keys is not None:
                 # Refused, not ignored: trusted keys would otherwise let resume pick an unsigned directory.
                 raise ReprotrainError("signing_key and trusted_keys are not available with sharded=True: sharded "
@@ -192,7 +198,8 @@ class CheckpointManager:
         self._signals = SignalGuard(self)
         self._with_depth = 0  # `with guard()` blocks in progress
         self._async = opts.async_save
-        self._saver = BackgroundSaver(self._commit) if opts.async_save else None
+        self._saver = BackgroundSaver(self._commit) if opts.async_save and not self.sharded else None
+        self._background: tuple | None = None  # sharded + async_save: (stager, process group), set up last
         self._metrics: list[MetricsLog] = []  # opened at the first step_done (0 or 1 element)
         self._metrics_pending: list[tuple[str, dict]] = []  # the start/resume line, written with the first step
         self._last_commit: tuple | None = None  # (kind, name, position) of the newest routine save
@@ -214,10 +221,16 @@ class CheckpointManager:
             self._take_over_from_earlier_manager()
             self.run_dir.acquire()
             _OPEN[self._key] = weakref.ref(self)
+        if self.sharded and opts.async_save:
+            # Background sharded saves: the training thread stages (a host copy of its shards), one thread per rank
+            # writes and commits, every collective of it on a gloo group of its own (created here, collectively).
+            stager = ckshard.Stager()
+            self._background = (stager, ckshard.background_group())
+            self._saver = BackgroundSaver(self._commit_sharded, stage=stager.stage)
         # However this manager ends (close(), garbage collection, interpreter exit), the lock is released, the
         # signal handlers restored and the background thread stopped.
         self._finalizer = weakref.finalize(self, _release, self._key, self.run_dir, self._signals, self._saver,
-                                           self._metrics, self.should_write)
+                                           self._metrics, self.should_write, self._background)
 
     def _take_over_from_earlier_manager(self) -> None:
         ref = _OPEN.get(self._key)
@@ -283,6 +296,7 @@ class CheckpointManager:
         Each candidate is read through one open file, once: every byte is checked against its integrity trailer
         while its state is loaded (nothing is adopted before the whole file checked out). A damaged candidate is reported and the next older one tried (an explicit ``path`` is not skipped).
         """
+        self.wait()  # a background save in flight commits first (and its error is raised here)
         if self.sharded:
             return self._resume_sharded(path, required=required)
         explicit = path is not None
@@ -442,7 +456,9 @@ class CheckpointManager:
                   metrics: Mapping | None = None, epoch_end: bool = False) -> Path | None:
         """Record progress; save if the policy says so; honour a pending SIGINT/SIGTERM."""
         self._check_open()
-        self._report_background_saves()
+        # A sharded run's background error waits for the next save, wait() or close(): points every rank reaches
+        # together (here one rank could see it a step before another and leave the others in a collective).
+        self._report_background_saves(raise_error=not self.sharded)
         self._position = {"epoch": epoch, "step": step, "samples_seen": samples_seen,
                           "position": dict(position or {}), "metrics": dict(metrics or {})}
         if self._first_step:
@@ -662,15 +678,17 @@ class CheckpointManager:
         if not self.options.quiet:
             self.log(f"saved {path} ({manifest['kind']}, epoch {manifest['epoch']}, step {manifest['step']})")
 
-    def _report_background_saves(self) -> None:
+    def _report_background_saves(self, *, raise_error: bool = True) -> None:
         """Say, on the caller's thread, which background saves have committed; raise a background error."""
         if self._saver is None:
             return
         committed = self._saver.committed
         while committed:
             path, manifest = committed.pop(0)  # list.pop is atomic: never loses an entry the thread appends
-            self._say_saved(path, manifest)
-        self._saver.raise_error()
+            if not self.sharded:  # sharded saves are not announced, in the background or not
+                self._say_saved(path, manifest)
+        if raise_error:
+            self._saver.raise_error()
 
     def _save_sharded(self, kind: str, *, end_reason: str, reason: str | None, resumable: bool) -> Path:
         if kind == "emergency" and self.world_size > 1:
@@ -678,14 +696,28 @@ class CheckpointManager:
             raise ReprotrainError("a sharded emergency checkpoint needs every rank; none written (the previous "
                                   "checkpoint stays the resumable one)")
         started = time.monotonic()
+        background = self._saver is not None and kind in ("latest", "periodic", "best")
+        if not background:
+            self.wait()  # keep commit order: a background save must not land after this one (nor share its time)
         state = self._sharded_state()
         manifest = None
         if self.rank == 0:
             manifest = self._manifest(kind, end_reason=end_reason, reason=reason, resumable=resumable, state={})
         name = ckshard.checkpoint_dir_name(kind, int(self._position["step"]))
-        path = ckshard.save(self.run_dir.path, name, state, manifest)
-        self.decision.saved(manifest or {"kind": kind, "monitor": None},
-                            cost=time.monotonic() - started)
+        if background:
+            # Waits for the save in flight (raising its error on every rank), stages this rank's state into host
+            # memory, and returns: the thread writes, hashes, seals and commits (_commit_sharded).
+            self._saver.submit(name, manifest, state)
+            return self.run_dir.path / name
+        return self._commit_sharded(name, manifest, state, started=started)
+
+    def _commit_sharded(self, name: str, manifest: dict | None, state: dict, *, started: float | None = None) -> Path:
+        """The collective commit of a sharded save (every rank), then retention on rank 0; the training thread's for a
+        synchronous save, the saving thread's for a background one (on the background group)."""
+        started = time.monotonic() if started is None else started
+        group = self._background[1] if self._background is not None else None
+        path = ckshard.save(self.run_dir.path, name, state, manifest, group=group)
+        self.decision.saved(manifest or {"kind": None, "monitor": None}, cost=time.monotonic() - started)
         self.checkpoints_written += 1
         self.last_saved = path
         if self.rank == 0:

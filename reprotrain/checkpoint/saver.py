@@ -17,9 +17,12 @@ class BackgroundSaver:
     without close() can still be garbage-collected; its finaliser stops the thread.
     """
 
-    def __init__(self, commit: Callable[[str, dict, dict], object]):
+    def __init__(self, commit: Callable[[str, dict, dict], object], stage: Callable[[dict], dict] | None = None):
+        """``stage``: copies the state off the training thread's tensors (returns once the copy is complete); by
+        default a ckstate.Snapshot. A sharded manager passes DCP's stager (sharded.Stager), which keeps DTensors."""
         self._commit = weakref.WeakMethod(commit) if hasattr(commit, "__self__") else (lambda: commit)
         self._snapshot = ckstate.Snapshot()
+        self._stage = stage
         self._queue: queue.Queue | None = None
         self._worker: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -27,8 +30,11 @@ class BackgroundSaver:
 
     def submit(self, name: str, manifest: dict, state: dict) -> None:
         self.wait()  # also: the snapshot buffers are free again (the previous save has written them)
-        snap = self._snapshot.take(state)
-        copied = self._snapshot.copied()  # CUDA: the device-to-host copies still run; the saving thread waits
+        if self._stage is not None:
+            snap, copied = self._stage(state), []
+        else:
+            snap = self._snapshot.take(state)
+            copied = self._snapshot.copied()  # CUDA: the device-to-host copies still run; the saving thread waits
         if self._worker is None:
             self._queue = queue.Queue(maxsize=1)
             self._worker = threading.Thread(target=_loop, args=(self._queue, weakref.ref(self)),
