@@ -145,6 +145,87 @@ def test_ls_and_diff_accept_sharded_directories(tmp_path):
     assert "checkpoint directories: tensors not compared (manifests only)" in result.stdout
 
 
+# ------------------------------------------------------------------------------------------------ async_save, one process
+def _slow_writes(monkeypatch, seconds: float, fail: bool = False) -> list[str]:
+    """Every DCP item write sleeps SECONDS (and raises OSError with FAIL); returns the writing threads' names."""
+    import threading
+
+    from torch.distributed.checkpoint import filesystem
+
+    original, threads = filesystem._write_item, []
+
+    def write_item(*args, **kwargs):
+        threads.append(threading.current_thread().name)
+        time.sleep(seconds)
+        if fail:
+            raise OSError(28, "injected write failure")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(filesystem, "_write_item", write_item)
+    return threads
+
+
+def test_async_sharded_save_stages_the_state_and_commits_it_in_the_background(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    model, opt, mgr = _manager(run, async_save=True)
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    threads = _slow_writes(monkeypatch, 0.05)
+    started = time.perf_counter()
+    path = mgr.save(epoch=0, step=1, samples_seen=2)
+    returned = time.perf_counter() - started
+    assert path == run / "step0000000001-latest.dcp" and not path.exists()  # not committed yet: in the background
+    assert mgr.checkpoints_written == 0 and mgr.last_saved is None
+    with torch.no_grad():  # the training thread goes on at once: the save holds the values it was given
+        model.weight.add_(1.0)
+    mgr.wait()
+    assert set(threads) == {"reprotrain-save"} and returned < 0.05 * len(threads)
+    assert mgr.checkpoints_written == 1 and mgr.last_saved == path
+    assert [e.path.name for e in store.list_checkpoints(run, deep=True) if e.valid] == [path.name]
+    mgr.close()
+
+    model2, _, mgr2 = _manager(run)
+    info = mgr2.resume()
+    mgr2.close()
+    assert info.step == 1 and all(torch.equal(v, saved[k]) for k, v in model2.state_dict().items())
+
+
+def test_async_sharded_saves_commit_in_order_a_synchronous_save_waits_for_the_one_in_flight(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    model, opt, mgr = _manager(run, async_save=True)
+    _slow_writes(monkeypatch, 0.1)
+    mgr.save(epoch=0, step=1, samples_seen=2)
+    # Not a routine kind: written on the caller's thread, after the background save in flight has committed.
+    interrupted = mgr.save("interrupted", epoch=0, step=2, samples_seen=4)
+    assert mgr.last_saved == interrupted and mgr.checkpoints_written == 2
+    mgr.close()
+    assert [e.path.name for e in store.list_checkpoints(run, deep=True) if e.valid] == [
+        "step0000000001-latest.dcp", "step0000000002-interrupted.dcp"]
+
+
+def test_async_sharded_save_failure_is_raised_at_the_next_save_and_the_previous_checkpoint_stays(tmp_path,
+                                                                                               monkeypatch):
+    run = tmp_path / "run"
+    model, opt, mgr = _manager(run, async_save=True)
+    mgr.save(epoch=0, step=1, samples_seen=2)
+    mgr.wait()
+    _slow_writes(monkeypatch, 0.0, fail=True)
+    mgr.save(epoch=0, step=2, samples_seen=4)  # returns: the failure happens in the background
+    mgr.step_done(epoch=0, step=3, samples_seen=6)  # a sharded run raises it at the next save, wait() or close()
+    with pytest.raises(CorruptCheckpoint, match=r"saving step0000000002-latest.dcp failed: dcp.save: "
+                                                r"rank 0: \[Errno 28\] injected write failure"):
+        mgr.save(epoch=0, step=3, samples_seen=6)
+    assert not (run / "step0000000003-latest.dcp").exists()  # the save that raised it did not start
+    monkeypatch.undo()
+    assert mgr.checkpoints_written == 1 and mgr.last_saved == run / "step0000000001-latest.dcp"
+    assert not list(run.glob(".*partial")) and not (run / "step0000000002-latest.dcp").exists()
+    mgr.save(epoch=0, step=4, samples_seen=8)  # the manager goes on
+    mgr.close()
+    assert [e.path.name for e in store.list_checkpoints(run, deep=True) if e.valid] == [
+        "step0000000001-latest.dcp", "step0000000004-latest.dcp"]
+
+
 # ------------------------------------------------------------------------------------------------ torchrun
 def _torchrun(nproc: int, run_dir: Path, steps: int, *extra: str, **env) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
@@ -327,3 +408,96 @@ def test_crash_torture_sigkill_at_random_instants_of_sharded_saves(tmp_path):
             assert torch.equal(model.weight, expected), info.path
             assert not list(run.glob(".*partial"))  # the resume's writer removed what the kill left
     assert kills == 5 and interrupted_saves >= 1  # not vacuous: some kills landed inside a save or a deletion
+
+
+# ------------------------------------------------------------------------------------------------ async_save, torchrun
+def _saves(run_dir: Path, rank: int) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / f"saves-rank{rank}.jsonl").read_text().splitlines()]
+
+
+def _shard_digests(directory: Path) -> dict:
+    doc = json.loads((directory / "reprotrain-manifest.json").read_text())
+    return {f["path"]: f["sha256"] for f in doc["files"] if f["path"] != ".metadata"}  # .metadata has a save id
+
+
+def test_fsdp_async_saves_run_in_the_background_on_their_own_group_and_resume_what_a_sync_run_saves(tmp_path):
+    background, sync = tmp_path / "async", tmp_path / "sync"
+    code, out = _finish(_torchrun(2, background, 6, FSDP_TEST_ASYNC=1))
+    assert code == 0, out
+    code, out = _finish(_torchrun(2, sync, 6))
+    assert code == 0, out
+    for rank in (0, 1):
+        records = _saves(background, rank)
+        saves = [r for r in records if "name" in r]
+        assert [r["name"] for r in saves] == [f"step000000000{s}-latest.dcp" for s in (2, 4, 6, 6)]  # 6: finish()
+        assert all(r["thread"] == "reprotrain-save" and r["own_group"] for r in saves), records
+        collectives = [r for r in records if "collective" in r]
+        assert collectives and all(r["own_group"] for r in collectives), records  # DCP's and reprotrain's
+        assert all(r["thread"] == "MainThread" and not r["own_group"] for r in _saves(sync, rank) if "name" in r)
+    # The same shards, byte for byte, as the synchronous path writes at the same steps.
+    for step in (4, 6):
+        name = f"step000000000{step}-latest.dcp"
+        assert _shard_digests(background / name) == _shard_digests(sync / name)
+        assert run_cli("verify", str(background / name)).returncode == 0
+    assert _losses(background) == _losses(sync)
+
+    # Resumed from step 4, steps 5 and 6 are redone bit for bit.
+    code, out = _finish(_torchrun(2, background, 6, "--resume", str(background / "step0000000004-latest.dcp"),
+                                  FSDP_TEST_ASYNC=1))
+    assert code == 0, out
+    losses = _losses(background)
+    assert [x["step"] for x in losses] == [1, 2, 3, 4, 5, 6, 5, 6] and losses[6:] == losses[4:6]
+
+
+def test_fsdp_async_save_failure_on_one_rank_fails_it_on_every_rank_and_keeps_the_previous_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    # Rank 1's 2nd background save (step 4) raises while writing its shard; it surfaces at the next save (step 6).
+    code, out = _finish(_torchrun(2, run, 8, FSDP_TEST_ASYNC=1, FSDP_TEST_FAIL_RANK1_AT_SAVE=2))
+    assert code == 1, out
+    message = ("saving step0000000004-latest.dcp failed: rank 0: dcp.save: rank 1: [Errno 28] injected write "
+               "failure")
+    assert out.count(f"CorruptCheckpoint: {run}: {message}") == 2, out  # every rank
+    assert [x["step"] for x in _losses(run)] == [1, 2, 3, 4, 5, 6]
+    assert [e.path.name for e in _valid(run)] == ["step0000000002-latest.dcp"], out
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("step") or p.name.startswith(".step")) == [
+        "step0000000002-latest.dcp"]  # no partial directory, nothing of steps 4 or 6
+    assert store.select_for_resume(store.list_checkpoints(run)).path.name == "step0000000002-latest.dcp"
+
+    code, out = _finish(_torchrun(2, run, 4, FSDP_TEST_ASYNC=1))
+    assert code == 0, out
+    assert f"resuming from {run / 'step0000000002-latest.dcp'}" in out
+    assert [e.path.name for e in _valid(run)] == ["step0000000002-latest.dcp", "step0000000004-latest.dcp"]
+
+
+def test_fsdp_async_sigterm_to_one_rank_gives_one_interrupted_checkpoint_that_resumes(tmp_path):
+    run, pids = tmp_path / "run", tmp_path / "pids"
+    pids.mkdir()
+    # Slow shard writes: a background save is in flight most of the time, so the signal lands during one.
+    proc = _torchrun(2, run, 60, FSDP_TEST_ASYNC=1, FSDP_TEST_PID_DIR=pids, FSDP_TEST_DELAY="0.05",
+                     FSDP_TEST_SLOW_WRITE="0.02")
+    deadline = time.monotonic() + 120
+    while not (run / "step0000000004-latest.dcp").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else "timeout"
+        time.sleep(0.05)
+    os.kill(int((pids / "rank1.pid").read_text()), signal.SIGTERM)
+    code, out = _finish(proc)
+    assert code == 1, out  # both workers exit 143
+    assert out.count("stopping the loop (Interrupted)") == 2, out
+    interrupted = [e for e in _valid(run) if e.info.manifest["kind"] == "interrupted"]
+    assert len(interrupted) == 1, out
+    stopped = interrupted[0].info.manifest
+    assert 4 <= stopped["step"] < 60 and stopped["lineage"][-1]["end_reason"] == "preempted"
+    assert not list(run.glob(".*partial"))
+    # The routine save in flight when the signal came committed before the interrupted one, on both ranks.
+    for rank in (0, 1):
+        names = [r["name"] for r in _saves(run, rank) if "name" in r]
+        assert names[-1] == interrupted[0].path.name and all("latest" in n for n in names[:-1]), names
+    assert all(e.valid for e in store.list_checkpoints(run, deep=True))
+
+    end = stopped["step"] + 4
+    code, out = _finish(_torchrun(2, run, end, FSDP_TEST_ASYNC=1))
+    assert code == 0, out
+    assert f"resuming from {interrupted[0].path}" in out
+    done = max(_valid(run), key=lambda e: e.info.manifest["step"]).info.manifest
+    assert done["step"] == end and [s["end_reason"] for s in done["lineage"]] == ["preempted", "completed"]
+    assert [x["step"] for x in _losses(run)][-4:] == list(range(stopped["step"] + 1, end + 1))

@@ -4,8 +4,11 @@
 
 A tiny regression model (fully_shard on CPU, gloo), one save every 2 steps, keep_last 3. Environment switches:
 FSDP_TEST_PID_DIR (each rank writes rank<R>.pid), FSDP_TEST_DELAY (seconds per step, so that a signal lands
-mid-run), FSDP_TEST_KILL_RANK1_AT_SAVE=N (rank 1 SIGKILLs itself inside its N-th dcp write, mid-save).
-Each step's loss goes to RUN_DIR/loss-rank<R>.jsonl.
+mid-run), FSDP_TEST_KILL_RANK1_AT_SAVE=N (rank 1 SIGKILLs itself inside its N-th dcp write, mid-save),
+FSDP_TEST_ASYNC=1 (async_save=True: routine saves in the background), FSDP_TEST_FAIL_RANK1_AT_SAVE=N (rank 1's N-th
+dcp write raises OSError), FSDP_TEST_SLOW_WRITE=S (every shard write takes S seconds longer).
+Each step's loss goes to RUN_DIR/loss-rank<R>.jsonl; each sharded save's step, kind, thread, whether it ran on a
+process group other than the default one, and the time step_done took, to RUN_DIR/saves-rank<R>.jsonl.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -41,8 +45,11 @@ def main() -> int:
     fully_shard(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     _kill_rank1_mid_save(rank)
+    _fail_or_slow_writes(rank)
+    saves = _record_saves(run_dir, rank)
     mgr = CheckpointManager(run_dir, model, opt, sharded=True, save_policy="steps:2",
-                            retention=RetentionPolicy(keep_last=3, keep_best=0), config={"task": "fsdp-test"})
+                            retention=RetentionPolicy(keep_last=3, keep_best=0), config={"task": "fsdp-test"},
+                            async_save=os.environ.get("FSDP_TEST_ASYNC") == "1")
     info = mgr.resume(resume) if resume else mgr.resume()
     step = info.step if info else 0
     g = torch.Generator().manual_seed(1234)
@@ -66,7 +73,10 @@ def main() -> int:
                 losses.flush()
                 if delay:
                     time.sleep(delay)
-                mgr.step_done(epoch=0, step=step, samples_seen=step * 8)
+                started = time.perf_counter()
+                if mgr.step_done(epoch=0, step=step, samples_seen=step * 8) is not None:
+                    saves.write(json.dumps({"step_done": step, "seconds": time.perf_counter() - started}) + "\n")
+                    saves.flush()
         mgr.finish()
     except Interrupted as stop:
         mgr.close()
@@ -74,6 +84,73 @@ def main() -> int:
         return stop.exit_code
     dist.destroy_process_group()
     return 0
+
+
+def _record_saves(run_dir: Path, rank: int):
+    """Each sharded save (thread, group, duration) and each collective a background save thread runs (its group),
+    written to RUN_DIR/saves-rank<R>.jsonl; returns the log."""
+    from reprotrain.checkpoint import sharded
+
+    lock = threading.Lock()
+
+    class Log:  # opened at each line: the manager creates the run directory
+        def write(self, line: str) -> None:
+            with lock, open(run_dir / f"saves-rank{rank}.jsonl", "a") as out:
+                out.write(line)
+
+        def flush(self) -> None:
+            pass
+
+    log = Log()
+
+    def own(group) -> bool:  # a process group other than the default one
+        return group is not None and group != dist.group.WORLD
+
+    def recording_save(run_dir_path, name, state_dict, manifest, *, group=None, _original=sharded.save):
+        began = time.perf_counter()
+        try:
+            return _original(run_dir_path, name, state_dict, manifest, group=group)
+        finally:
+            log.write(json.dumps({"name": name, "thread": threading.current_thread().name, "own_group": own(group),
+                                  "seconds": time.perf_counter() - began}) + "\n")
+
+    sharded.save = recording_save
+
+    def recording(fn_name, original):
+        def collective(*args, **kwargs):
+            if threading.current_thread().name == "reprotrain-save":
+                log.write(json.dumps({"collective": fn_name, "own_group": own(kwargs.get("group"))}) + "\n")
+            return original(*args, **kwargs)
+        return collective
+
+    for fn_name in ("all_gather_object", "gather_object", "broadcast_object_list", "scatter_object_list", "barrier",
+                    "all_reduce", "all_gather", "broadcast"):
+        setattr(dist, fn_name, recording(fn_name, getattr(dist, fn_name)))
+    return log
+
+
+def _fail_or_slow_writes(rank: int) -> None:
+    at = int(os.environ.get("FSDP_TEST_FAIL_RANK1_AT_SAVE", "0"))
+    slow = float(os.environ.get("FSDP_TEST_SLOW_WRITE", "0"))
+    if not (at and rank == 1) and not slow:
+        return
+    from torch.distributed.checkpoint import filesystem
+
+    original_item, original_write, saves = filesystem._write_item, filesystem._FileSystemWriter.write_data, [0]
+
+    def counting_write_data(self, *args, **kwargs):
+        saves[0] += 1
+        return original_write(self, *args, **kwargs)
+
+    def failing_or_slow_write_item(*args, **kwargs):
+        if slow:
+            time.sleep(slow)
+        if at and rank == 1 and saves[0] == at:
+            raise OSError(28, "injected write failure")
+        return original_item(*args, **kwargs)
+
+    filesystem._FileSystemWriter.write_data = counting_write_data
+    filesystem._write_item = failing_or_slow_write_item
 
 
 def _kill_rank1_mid_save(rank: int) -> None:
