@@ -204,6 +204,25 @@ def test_async_sharded_saves_commit_in_order_a_synchronous_save_waits_for_the_on
         "step0000000001-latest.dcp", "step0000000002-interrupted.dcp"]
 
 
+def test_async_sharded_next_save_waits_for_the_one_in_flight_before_staging_over_its_buffers(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    model, opt, mgr = _manager(run, async_save=True)
+    _slow_writes(monkeypatch, 0.05)
+    expected = {}
+    for step in (1, 2, 3):
+        with torch.no_grad():
+            model.weight.fill_(float(step))
+        expected[step] = model.weight.detach().clone()
+        mgr.save(epoch=0, step=step, samples_seen=step)  # the staging buffers are reused from one save to the next
+    mgr.close()
+    monkeypatch.undo()
+    for step, weight in expected.items():
+        model2, _, mgr2 = _manager(run)
+        mgr2.resume(run / f"step000000000{step}-latest.dcp")
+        mgr2.close()
+        assert torch.equal(model2.weight, weight), step
+
+
 def test_async_sharded_save_failure_is_raised_at_the_next_save_and_the_previous_checkpoint_stays(tmp_path,
                                                                                                monkeypatch):
     run = tmp_path / "run"
@@ -212,6 +231,10 @@ def test_async_sharded_save_failure_is_raised_at_the_next_save_and_the_previous_
     mgr.wait()
     _slow_writes(monkeypatch, 0.0, fail=True)
     mgr.save(epoch=0, step=2, samples_seen=4)  # returns: the failure happens in the background
+    deadline = time.monotonic() + 30
+    while mgr._saver._error is None:  # the background save has failed (not waited for: that would raise it)
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     mgr.step_done(epoch=0, step=3, samples_seen=6)  # a sharded run raises it at the next save, wait() or close()
     with pytest.raises(CorruptCheckpoint, match=r"saving step0000000002-latest.dcp failed: dcp.save: "
                                                 r"rank 0: \[Errno 28\] injected write failure"):
@@ -434,6 +457,8 @@ def test_fsdp_async_saves_run_in_the_background_on_their_own_group_and_resume_wh
         collectives = [r for r in records if "collective" in r]
         assert collectives and all(r["own_group"] for r in collectives), records  # DCP's and reprotrain's
         assert all(r["thread"] == "MainThread" and not r["own_group"] for r in _saves(sync, rank) if "name" in r)
+        groups = [r for r in records if "groups_after_close" in r]  # the manager's own group is given back
+        assert groups and groups[0]["groups_after_close"] == groups[0]["groups_before_manager"], records
     # The same shards, byte for byte, as the synchronous path writes at the same steps.
     for step in (4, 6):
         name = f"step000000000{step}-latest.dcp"
@@ -492,6 +517,8 @@ def test_fsdp_async_sigterm_to_one_rank_gives_one_interrupted_checkpoint_that_re
     for rank in (0, 1):
         names = [r["name"] for r in _saves(run, rank) if "name" in r]
         assert names[-1] == interrupted[0].path.name and all("latest" in n for n in names[:-1]), names
+        groups = [r for r in _saves(run, rank) if "groups_after_close" in r]
+        assert groups and groups[0]["groups_after_close"] == groups[0]["groups_before_manager"]
     assert all(e.valid for e in store.list_checkpoints(run, deep=True))
 
     end = stopped["step"] + 4

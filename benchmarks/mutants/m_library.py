@@ -52,8 +52,8 @@ MUTANTS = [
          new="        self._manager = (lambda m: (lambda: m))(manager)",
          tests=[f"{LIB}::test_the_garbage_collector_gives_back_lock_and_handlers"]),
     dict(name="finaliser-skipped-at-interpreter-exit", path=f"{CK}/manager.py",
-         old="                                           self._metrics, self.should_write)\n",
-         new="                                           self._metrics, self.should_write)\n"
+         old="                                           self._metrics, self.should_write, self._background)\n",
+         new="                                           self._metrics, self.should_write, self._background)\n"
              "        self._finalizer.atexit = False\n",
          tests=[f"{LIB}::test_interpreter_exit_releases_the_lock_and_restores_handlers"]),
     dict(name="no-takeover-of-a-left-open-manager", path=f"{CK}/manager.py",

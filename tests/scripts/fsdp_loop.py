@@ -8,7 +8,8 @@ mid-run), FSDP_TEST_KILL_RANK1_AT_SAVE=N (rank 1 SIGKILLs itself inside its N-th
 FSDP_TEST_ASYNC=1 (async_save=True: routine saves in the background), FSDP_TEST_FAIL_RANK1_AT_SAVE=N (rank 1's N-th
 dcp write raises OSError), FSDP_TEST_SLOW_WRITE=S (every shard write takes S seconds longer).
 Each step's loss goes to RUN_DIR/loss-rank<R>.jsonl; each sharded save's step, kind, thread, whether it ran on a
-process group other than the default one, and the time step_done took, to RUN_DIR/saves-rank<R>.jsonl.
+process group other than the default one, and the time step_done took, to RUN_DIR/saves-rank<R>.jsonl (also each
+collective a background save thread runs, and the number of process groups before the manager and after close).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def main() -> int:
     _kill_rank1_mid_save(rank)
     _fail_or_slow_writes(rank)
     saves = _record_saves(run_dir, rank)
+    groups = len(dist.distributed_c10d._world.pg_map)  # process groups before the manager (its own is given back)
     mgr = CheckpointManager(run_dir, model, opt, sharded=True, save_policy="steps:2",
                             retention=RetentionPolicy(keep_last=3, keep_best=0), config={"task": "fsdp-test"},
                             async_save=os.environ.get("FSDP_TEST_ASYNC") == "1")
@@ -80,10 +82,17 @@ def main() -> int:
         mgr.finish()
     except Interrupted as stop:
         mgr.close()
+        _groups_left(saves, groups)
         dist.destroy_process_group()
         return stop.exit_code
+    _groups_left(saves, groups)
     dist.destroy_process_group()
     return 0
+
+
+def _groups_left(saves, before: int) -> None:
+    saves.write(json.dumps({"groups_before_manager": before,
+                            "groups_after_close": len(dist.distributed_c10d._world.pg_map)}) + "\n")
 
 
 def _record_saves(run_dir: Path, rank: int):
