@@ -1,7 +1,8 @@
 """Sharded checkpoint directories (reprotrain/checkpoint/sharded.py, docs/checkpoint-format.md section 8).
 
 Fast tests run one process (DCP without a process group); the torchrun tests run a user's own FSDP2 loop
-(tests/scripts/fsdp_loop.py) on CPU with gloo: 2 processes, and 4 for a resume at another world size.
+(tests/scripts/fsdp_loop.py) on CPU with gloo: 2 processes, and 4 for a resume at another world size. Background
+sharded saves (async_save=True) are tested both ways.
 """
 
 from __future__ import annotations
