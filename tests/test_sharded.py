@@ -148,7 +148,8 @@ def test_ls_and_diff_accept_sharded_directories(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ async_save, one process
 def _slow_writes(monkeypatch, seconds: float, fail: bool = False) -> list[str]:
-    """Every DCP item write sleeps SECONDS (and raises OSError with FAIL); returns the writing threads' names."""
+    """Every DCP item write of the background save thread sleeps SECONDS (and raises OSError with FAIL); the
+    caller's thread writes at full speed. Returns the writing threads' names."""
     import threading
 
     from torch.distributed.checkpoint import filesystem
@@ -157,9 +158,10 @@ def _slow_writes(monkeypatch, seconds: float, fail: bool = False) -> list[str]:
 
     def write_item(*args, **kwargs):
         threads.append(threading.current_thread().name)
-        time.sleep(seconds)
-        if fail:
-            raise OSError(28, "injected write failure")
+        if threads[-1] == "reprotrain-save":
+            time.sleep(seconds)
+            if fail:
+                raise OSError(28, "injected write failure")
         return original(*args, **kwargs)
 
     monkeypatch.setattr(filesystem, "_write_item", write_item)
@@ -195,10 +197,12 @@ def test_async_sharded_save_stages_the_state_and_commits_it_in_the_background(tm
 def test_async_sharded_saves_commit_in_order_a_synchronous_save_waits_for_the_one_in_flight(tmp_path, monkeypatch):
     run = tmp_path / "run"
     model, opt, mgr = _manager(run, async_save=True)
-    _slow_writes(monkeypatch, 0.1)
+    threads = _slow_writes(monkeypatch, 0.1)
     mgr.save(epoch=0, step=1, samples_seen=2)
-    # Not a routine kind: written on the caller's thread, after the background save in flight has committed.
+    # Not a routine kind: written on the caller's thread (at full speed), after the background save in flight has
+    # committed.
     interrupted = mgr.save("interrupted", epoch=0, step=2, samples_seen=4)
+    assert "MainThread" in threads and "reprotrain-save" in threads
     assert mgr.last_saved == interrupted and mgr.checkpoints_written == 2
     mgr.close()
     assert [e.path.name for e in store.list_checkpoints(run, deep=True) if e.valid] == [

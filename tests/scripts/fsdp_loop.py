@@ -129,6 +129,10 @@ def _record_saves(run_dir: Path, rank: int):
         def collective(*args, **kwargs):
             if threading.current_thread().name == "reprotrain-save":
                 log.write(json.dumps({"collective": fn_name, "own_group": own(kwargs.get("group"))}) + "\n")
+                if not own(kwargs.get("group")):
+                    # On the default group it would interleave with training's collectives (a mismatch, or a hang
+                    # until a timeout): end the process now, recorded, so that the test fails at once.
+                    os._exit(3)
             return original(*args, **kwargs)
         return collective
 
