@@ -11,7 +11,10 @@ Figures (target <= 1.10x for both, issue 14):
   dcp.load reads with the weights-only planner) and sharded.load(verify_first=True) (every file hashed before
   dcp.load: what resume does for its last candidate) against plain dcp.load;
 - per-rank peak memory: how far the process's peak resident set (VmHWM, reset through /proc/self/clear_refs) rose
-  above its resident set during one more call of each (Linux only).
+  above its resident set during one more call of each (Linux only);
+- background saves (CheckpointManager(sharded=True, async_save=True)): how long the training thread is blocked
+  (staging the state into host buffers kept between saves), against a sync sharded save through the manager and
+  against plain dcp.async_save of the same model state (its staging, then the write on DCP's thread).
 
 Under torchrun each rank hashes only what it writes, and on load its share of the files, so the per-rank cost falls
 with the world size; this one-process figure is the worst case.
@@ -133,7 +136,8 @@ def run(mib: int = 64, runs: int = 5) -> list[tuple[str, str, str, str, str]]:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
-    rows = [
+    rows = _background_rows(args.mib, args.runs)
+    rows += [
         (f"sharded save, {args.mib} MiB, 1 process", f"{med['our_save']:.3f} s", "<= 1.10x",
          f"dcp.save {med['plain_save']:.3f} s", f"{med['our_save'] / med['plain_save']:.2f}x"),
         ("sharded save vs durable dcp.save", f"{med['our_save']:.3f} s", "",
@@ -151,6 +155,65 @@ def run(mib: int = 64, runs: int = 5) -> list[tuple[str, str, str, str, str]]:
              f"dcp.load {rss['plain_load']:.0f} MiB", f"{rss['our_load'] - rss['plain_load']:+.0f} MiB"),
         ]
     return rows
+
+
+def _background_rows(mib: int, runs: int) -> list[tuple[str, str, str, str, str]]:
+    """The training thread's stall of a background sharded save, against a sync one and dcp.async_save."""
+    import statistics
+    import time
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    from reprotrain.checkpoint import CheckpointManager, sharded
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Linear(1024, 1024) for _ in range(max(mib // 4, 1))])  # 4 MiB each
+    root = Path(tempfile.mkdtemp(prefix="bench-sharded-async-"))
+    background = CheckpointManager(root / "async", model, sharded=True, async_save=True, log=lambda m: None)
+    sync = CheckpointManager(root / "sync", model, sharded=True, log=lambda m: None)
+    step, pending = [0], []
+    stalls: dict[str, list[float]] = {"background": [], "sync": [], "dcp.async_save": []}
+
+    def ours(manager, name):
+        step[0] += 1
+        start = time.perf_counter()
+        manager.save("latest", epoch=0, step=step[0], samples_seen=step[0])
+        stalls[name].append(time.perf_counter() - start)
+        manager.wait()
+
+    def peer():
+        step[0] += 1
+        state = sharded.get_state(model, None)
+        start = time.perf_counter()
+        future = dcp.async_save(state, checkpoint_id=root / f"peer{step[0]}")
+        stalls["dcp.async_save"].append(time.perf_counter() - start)
+        future.result()
+        pending.append(root / f"peer{step[0]}")
+
+    try:
+        jobs = [lambda: ours(background, "background"), lambda: ours(sync, "sync"), peer]
+        for job in jobs:  # the first of each allocates its buffers: not timed
+            job()
+        for values in stalls.values():
+            values.clear()
+        for i in range(runs):
+            for job in (jobs if i % 2 == 0 else jobs[::-1]):
+                job()
+                while pending:
+                    shutil.rmtree(pending.pop(), ignore_errors=True)
+    finally:
+        background.close()
+        sync.close()
+        shutil.rmtree(root, ignore_errors=True)
+    med = {k: statistics.median(v) for k, v in stalls.items()}
+    return [
+        (f"background sharded save, {mib} MiB: training thread blocked", f"{med['background'] * 1e3:.1f} ms",
+         "<= 0.10x", f"sync sharded save {med['sync'] * 1e3:.0f} ms", f"{med['background'] / med['sync']:.2f}x"),
+        (f"background sharded save, {mib} MiB: blocked against DCP's own", f"{med['background'] * 1e3:.1f} ms", "",
+         f"dcp.async_save {med['dcp.async_save'] * 1e3:.1f} ms",
+         f"{med['background'] / med['dcp.async_save']:.2f}x"),
+    ]
 
 
 def main(argv=None) -> int:
