@@ -9,7 +9,9 @@ environment, which torchrun hands unchanged to every rank:
   same environment and the user task runs before the fingerprint is taken, so this is how one rank is made to
   differ (a determinism setting, as in a badly written job script);
 - REPROTRAIN_TEST_KILL_PEER_AT_SAVE=N: rank 0 SIGKILLs rank 1 while taking the state for its N-th save, i.e.
-  after the ranks agreed to save and before the commit vote.
+  after the ranks agreed to save and before the commit vote;
+- REPROTRAIN_TEST_SAVE_LOG: a directory; each sharded save appends "<thread name> <checkpoint name>" to
+  `saves-rank<R>.txt` there (which thread committed it: the training thread or the background saver).
 """
 
 from __future__ import annotations
@@ -55,8 +57,26 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _log_sharded_saves(directory: Path, rank: str) -> None:
+    import threading
+
+    from reprotrain.checkpoint import sharded
+
+    save = sharded.save
+
+    def logged(run_dir, name, *args, **kwargs):
+        path = save(run_dir, name, *args, **kwargs)
+        with open(directory / f"saves-rank{rank}.txt", "a") as f:
+            f.write(f"{threading.current_thread().name} {name}\n")
+        return path
+
+    sharded.save = logged
+
+
 def digits_for_tests(cfg) -> Task:
     rank = os.environ.get("RANK", "0")
+    if os.environ.get("REPROTRAIN_TEST_SAVE_LOG"):
+        _log_sharded_saves(Path(os.environ["REPROTRAIN_TEST_SAVE_LOG"]), rank)
     pid_dir = os.environ.get("REPROTRAIN_TEST_PID_DIR")
     if pid_dir:
         Path(pid_dir, f"rank{rank}.pid").write_text(str(os.getpid()))

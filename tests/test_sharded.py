@@ -359,10 +359,11 @@ def test_fsdp_rank_killed_mid_save_leaves_the_previous_checkpoint_valid(tmp_path
 def test_train_strategy_fsdp_sigterm_to_one_rank_then_resume(tmp_path):
     from test_distributed import N_TRAIN, STEPS_W2, TASK, finish, metrics, pid_of, reached_step, torchrun, wait_for
 
-    run, pids = tmp_path / "run", tmp_path / "pids"
+    run, pids, saves = tmp_path / "run", tmp_path / "pids", tmp_path / "saves"
     pids.mkdir()
+    saves.mkdir()
     proc = torchrun(2, "--run-dir", str(run), "--epochs", "1", "--strategy", "fsdp", *TASK,
-                    REPROTRAIN_TEST_PID_DIR=pids, REPROTRAIN_TEST_DELAY="0.002")
+                    REPROTRAIN_TEST_PID_DIR=pids, REPROTRAIN_TEST_DELAY="0.002", REPROTRAIN_TEST_SAVE_LOG=saves)
     wait_for(reached_step(run, 7), proc, "step 7")
     os.kill(pid_of(pids, 1), signal.SIGTERM)
     code, out = finish(proc)
@@ -374,9 +375,15 @@ def test_train_strategy_fsdp_sigterm_to_one_rank_then_resume(tmp_path):
     assert 7 <= stopped["step"] < STEPS_W2 and stopped["lineage"][-1]["end_reason"] == "preempted"
     assert len(stopped["lineage"][-1]["rank_fingerprints"]) == 2
 
-    code, out = finish(torchrun(2, "--run-dir", str(run), "--strategy", "fsdp", *TASK))
+    code, out = finish(torchrun(2, "--run-dir", str(run), "--strategy", "fsdp", *TASK, REPROTRAIN_TEST_SAVE_LOG=saves))
     assert code == 0, out
     assert f"resuming from {interrupted[0].path}" in out
+    # Routine saves were committed by each rank's background saver, the interrupted one by the training thread.
+    for rank in (0, 1):
+        committed = [line.split() for line in (saves / f"saves-rank{rank}.txt").read_text().splitlines()]
+        assert any(thread == "reprotrain-save" and not name.endswith("-interrupted.dcp")
+                   for thread, name in committed), committed
+        assert [thread for thread, name in committed if name.endswith("-interrupted.dcp")] == ["MainThread"]
     done = max(_valid(run), key=lambda e: e.info.manifest["step"]).info.manifest
     assert done["step"] == STEPS_W2 and done["samples_seen"] == N_TRAIN
     assert [(s["world_size"], s["end_reason"]) for s in done["lineage"]] == [(2, "preempted"), (2, "completed")]

@@ -293,9 +293,10 @@ class _Session:
             env_policy=fp.Policy.load(policy, on_mismatch=on_env_mismatch, flag="--on-env-mismatch"),
             log=self.manager_log, interrupt_exit_codes={"SIGINT": 130, "SIGTERM": cfg.sigterm_exit_code},
             world_size=self.world_size, should_write=self.writer, coordinator=self.group,
-            # Routine saves are written by a background thread from a snapshot, so the training thread pays only
-            # for the copy; interrupted and emergency saves stay synchronous.
-            async_save=not sharded, sharded=sharded, signing_key=self.signer, trusted_keys=self.trusted,
+            # Routine saves are written by a background thread from a snapshot (sharded: each rank's staged
+            # shards, committed on a process group of their own), so the training thread pays only for the copy;
+            # interrupted and emergency saves stay synchronous.
+            async_save=True, sharded=sharded, signing_key=self.signer, trusted_keys=self.trusted,
             # This loop writes its own metrics.jsonl (richer lines) and shows progress instead of a line per save.
             write_metrics=False, quiet=True, exit_on_second_interrupt=self.exit_on_second_interrupt)
 
