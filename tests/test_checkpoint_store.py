@@ -221,3 +221,31 @@ def test_a_commit_seeds_the_listing_so_retention_reads_nothing(tmp_path, monkeyp
     # Any other reader still scans: the same file read afresh goes through the scanner.
     ckreader.read_info(newest)
     assert scans == [1]
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_the_writers_own_listing_entry_is_what_a_reader_parses(tmp_path, monkeypatch, signed):
+    """After a save the writer lists its new checkpoint from what the writer wrote, not by reading it back: that entry
+    (manifest, zip directory, signature line, size) must be exactly what a reader parses from the file."""
+    from reprotrain.checkpoint import signing
+    from reprotrain.checkpoint.storage import base, local
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    mgr = CheckpointManager(tmp_path / "run", model, torch.optim.AdamW(model.parameters()), log=lambda m: None,
+                            retention=RetentionPolicy(keep_last=5),
+                            signing_key=signing.SigningKey.generate() if signed else None)
+
+    def read_back(*args, **kwargs):
+        raise AssertionError("the checkpoint just written was read back")
+
+    monkeypatch.setattr(local, "read_entry", read_back)
+    path = mgr.save(epoch=0, step=3, samples_seen=12)
+    listed = {e.path.name: e for e in mgr.run_dir.list_checkpoints()}[path.name]
+    mgr.close()
+    parsed = base.read_entry(path, deep=False)
+    assert listed.valid and parsed.valid
+    assert listed.info.manifest == parsed.info.manifest
+    assert listed.info.directory == parsed.info.directory
+    assert listed.info.size == parsed.info.size == path.stat().st_size
+    assert (listed.info.signature is not None) == signed

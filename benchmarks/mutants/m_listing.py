@@ -13,7 +13,12 @@ MUTANTS = [
          tests=["tests/test_checkpoint_store.py::test_a_commit_seeds_the_listing_so_retention_reads_nothing"]),
     dict(name="commit-does-not-seed-listing",
          path="reprotrain/checkpoint/storage/local.py",
-         old="        self._remember(name)\n",
+         old="        self._remember(name, written)\n",
          new="",
          tests=["tests/test_checkpoint_store.py::test_a_commit_seeds_the_listing_so_retention_reads_nothing"]),
+    dict(name="commit-reads-its-own-checkpoint-back",
+         path="reprotrain/checkpoint/storage/local.py",
+         old="        if info is not None and info.size == st.st_size:",
+         new="        if False:",
+         tests=["tests/test_checkpoint_store.py::test_the_writers_own_listing_entry_is_what_a_reader_parses"]),
 ]

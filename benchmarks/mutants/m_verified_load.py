@@ -1,6 +1,17 @@
 """Mutants of the one-pass verified load (reprotrain/checkpoint/container.py, state.py) that resume uses."""
 
 MUTANTS = [
+    # The writer's own listing entry (format.Written): what a reader would parse back.
+    dict(name="writer-directory-body-offset-wrong",
+         path="reprotrain/checkpoint/container.py",
+         old="        body_offset = self._offset\n",
+         new="        body_offset = offset\n",
+         tests=["tests/test_checkpoint_store.py::test_the_writers_own_listing_entry_is_what_a_reader_parses"]),
+    dict(name="writer-directory-drops-the-signature",
+         path="reprotrain/checkpoint/container.py",
+         old='"sha256:" + digest, comment_start, self._offset, line)',
+         new='"sha256:" + digest, comment_start, self._offset, None)',
+         tests=["tests/test_checkpoint_store.py::test_the_writers_own_listing_entry_is_what_a_reader_parses"]),
     dict(name="writer-large-body-overtakes-gathered-bytes",
          path="reprotrain/checkpoint/container.py",
          old="        else:\n            self._flush()\n            self._write_all(data)",

@@ -137,7 +137,8 @@ class ContainerWriter:
         self._f = fileobj
         self._offset = 0
         self._meta_hash = hashlib.sha256()
-        self._entries: list[tuple[str, int, int, int, bool]] = []  # name, offset, size, crc, zip64
+        self._entries: list[tuple[str, int, int, int, bool, int]] = []  # name, offset, size, crc, zip64, body offset
+        self.directory: Directory | None = None  # after close(): what read_directory would read back
         self._force_zip64 = force_zip64
         self._tensor_hash = hashlib.sha256() if hash_tensors else None
         # Started only for a record of more than one chunk: there is nothing to overlap below that, and a
@@ -197,6 +198,7 @@ class ContainerWriter:
         offset = self._offset
         is_data = name.startswith(DATA_PREFIX)
         self._emit(self._local_header(encoded, size, zip64), hashed=True)
+        body_offset = self._offset
         crc = 0
         if is_data and size > CHUNK:
             # Overlap CRC-32 (zlib releases the GIL) of chunk i with the write of chunk i.
@@ -222,7 +224,7 @@ class ContainerWriter:
         else:
             descriptor = struct.pack("<IIII", _SIG_DESCRIPTOR, crc, size, size)
         self._emit(descriptor, hashed=True)
-        self._entries.append((name, offset, size, crc, zip64))
+        self._entries.append((name, offset, size, crc, zip64, body_offset))
 
     @property
     def tensors_digest(self) -> str | None:
@@ -241,7 +243,7 @@ class ContainerWriter:
         if self._crc_pool is not None:
             self._crc_pool.shutdown(wait=True)
         cd_start = self._offset
-        for name, offset, size, crc, zip64 in self._entries:
+        for name, offset, size, crc, zip64, _ in self._entries:
             encoded = name.encode("utf-8")
             need64 = zip64 or offset >= _U32
             extra = struct.pack("<HHQQQ", _ZIP64_ID, 24, size, size, offset) if need64 else b""
@@ -263,11 +265,17 @@ class ContainerWriter:
         eocd = eocd[:-2] + struct.pack("<H", comment_len)
         self._emit(eocd, hashed=True)
         digest = self._meta_hash.hexdigest()
+        comment_start = self._offset
         comment = TRAILER_PREFIX + digest.encode("ascii")
+        line = None
         if sign is not None:
-            comment += b"\n" + sign("sha256:" + digest, self.tensors_digest).encode()
+            line = sign("sha256:" + digest, self.tensors_digest)
+            comment += b"\n" + line.encode()
         self._emit(comment, hashed=False)
         self._flush()
+        self.directory = Directory({name: Record(name, offset, body, size, crc)
+                                    for name, offset, size, crc, _, body in self._entries},
+                                   "sha256:" + digest, comment_start, self._offset, line)
         return "sha256:" + digest
 
 

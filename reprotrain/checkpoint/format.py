@@ -15,8 +15,12 @@ import pickle
 import sys
 from typing import Any, BinaryIO
 
+from dataclasses import dataclass
+
 from reprotrain.checkpoint import container
 from reprotrain.checkpoint.container import ARCHIVE, MANIFEST_RECORD, ContainerWriter
+from reprotrain.checkpoint.location import Location
+from reprotrain.checkpoint.manifest import CheckpointInfo
 
 FORMAT_NAME = "reprotrain.checkpoint"
 FORMAT_VERSION = 1
@@ -90,8 +94,21 @@ def serialize(obj: Any) -> tuple[bytes, list[tuple[str, Any]]]:
     return buf.getvalue(), list(storages.values())
 
 
-def write(fileobj: BinaryIO, manifest: dict, state: dict, *, force_zip64: bool = False, signer=None) -> str:
-    """Write a checkpoint to an open binary file; return the integrity digest. The caller makes it durable.
+@dataclass(frozen=True)
+class Written:
+    """What write() put in the file: its integrity digest, and what a reader would parse back (the manifest after
+    its JSON round trip, the zip directory), so that the writer lists its own checkpoint without reading it."""
+
+    digest: str
+    manifest: dict
+    directory: container.Directory
+
+    def checkpoint_info(self, location: Location) -> CheckpointInfo:
+        return CheckpointInfo(location, self.manifest, self.directory, self.directory.file_size)
+
+
+def write(fileobj: BinaryIO, manifest: dict, state: dict, *, force_zip64: bool = False, signer=None) -> Written:
+    """Write a checkpoint to an open binary file; return what was written (`Written`). The caller makes it durable.
 
     ``signer`` (a `reprotrain.checkpoint.signing.SigningKey`) signs the integrity digest and the tensors' SHA-256
     (hashed on the CRC-32 thread while they are written) into the trailer.
@@ -108,4 +125,5 @@ def write(fileobj: BinaryIO, manifest: dict, state: dict, *, force_zip64: bool =
     for key, storage in storages:
         writer.write_record(f"{ARCHIVE}/data/{key}", _storage_bytes(storage))
     writer.write_record(f"{ARCHIVE}/version", b"3\n")
-    return writer.close(signer.sign_digest if signer is not None else None)
+    digest = writer.close(signer.sign_digest if signer is not None else None)
+    return Written(digest, json.loads(manifest_json), writer.directory)  # its own copy: the listing's

@@ -31,7 +31,7 @@ def agreed_commit(run_dir, coordinator: Coordinator, name: str, write: Callable[
     def write_then_vote(f):
         nonlocal stage
         try:
-            write(f)
+            written = write(f)
         except BaseException:
             stage = "voted"
             coordinator.vote(False, f"writing {name}")
@@ -39,6 +39,7 @@ def agreed_commit(run_dir, coordinator: Coordinator, name: str, write: Callable[
         stage = "voted"  # a vote that raises (a rank died) must not be followed by another one
         coordinator.vote(True, f"writing {name}")
         stage = "committing"
+        return written  # the store seeds its listing with it (RunStorage.commit)
 
     try:
         path = run_dir.commit(name, write_then_vote)

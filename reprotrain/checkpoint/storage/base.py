@@ -131,7 +131,9 @@ class RunStorage(Protocol):
         """Delete what a crashed writer left half-written; return the names removed."""
 
     def commit(self, name: str, write: Callable[[object], object]) -> Location:
-        """Atomically create checkpoint ``name`` from the bytes ``write(fileobj)`` writes; return where to read it."""
+        """Atomically create checkpoint ``name`` from the bytes ``write(fileobj)`` writes; return where to read it.
+        What ``write`` returns may offer ``checkpoint_info(location)`` (format.Written does): a store may then list
+        the new checkpoint from it instead of reading the file back."""
 
     def delete(self, name: str) -> None:
         """Remove checkpoint ``name`` (missing is fine)."""

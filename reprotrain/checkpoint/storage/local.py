@@ -149,7 +149,7 @@ class RunDirectory:
             raise ReprotrainError(io_error_message(exc, f"creating {tmp.name}"), path=self.path) from None
         try:
             try:
-                write(_FdWriter(fd))
+                written = write(_FdWriter(fd))
                 durable_sync(fd)
             finally:
                 os.close(fd)
@@ -161,21 +161,27 @@ class RunDirectory:
         except BaseException:
             _unlink_quietly(tmp)
             raise
-        self._remember(name)
+        self._remember(name, written)
         return self.path / name
 
-    def _remember(self, name: str) -> None:
+    def _remember(self, name: str, written=None) -> None:
         """Seed the listing cache with the checkpoint just committed: the retention listing that follows every save
-        then reads nothing (re-scanning the pickle this process has just written would cost as much as the save
-        itself for a state of thousands of tensors)."""
+        then reads nothing. ``written`` (what ``write`` returned; see RunStorage.commit): with its
+        ``checkpoint_info(location)``, the writer's own account of the file is the entry, when its size is the
+        file's; otherwise the file is read back, its pickles not scanned again (this process wrote them)."""
         if not name.endswith(CHECKPOINT_SUFFIX):
             return
         try:
             st = (self.root / name).stat()
         except OSError:
             return
-        self._entries[(name, st.st_ino, st.st_size, st.st_mtime_ns)] = read_entry(self.path / name, deep=False,
-                                                                                 own_write=True)
+        location = self.path / name
+        info = written.checkpoint_info(location) if hasattr(written, "checkpoint_info") else None
+        if info is not None and info.size == st.st_size:
+            entry = Entry(location, info, None, False)
+        else:
+            entry = read_entry(location, deep=False, own_write=True)
+        self._entries[(name, st.st_ino, st.st_size, st.st_mtime_ns)] = entry
 
     def delete(self, name: str) -> None:
         self._require_lock(f"delete {name}")
