@@ -198,7 +198,8 @@ _BYTES_ARGS = {"bytes1", "bytes4", "bytes8"}
 # How an opcode's argument is read, and what the symbolic stack does with the opcode (its role).
 _NO_ARG, _FIXED_ARG, _PREFIXED_ARG, _OTHER_ARG = range(4)
 _AS_TEXT, _AS_BYTES, _AS_OTHER = range(3)
-(_GENERIC, _FRAMING, _STOP, _GLOBAL, _INST, _STACK_GLOBAL, _CALL, _OBJ, _EXT, _STRING, _GET, _PUT,
+# The first four pop what the opcode consumes and push placeholders (_CALL, _OBJ, _EXT also note a call or import).
+(_GENERIC, _CALL, _OBJ, _EXT, _FRAMING, _STOP, _GLOBAL, _INST, _STACK_GLOBAL, _STRING, _GET, _PUT,
  _MEMOIZE) = range(13)
 _ROLES = {"PROTO": _FRAMING, "FRAME": _FRAMING, "STOP": _STOP, "GLOBAL": _GLOBAL, "INST": _INST,
           "STACK_GLOBAL": _STACK_GLOBAL, "OBJ": _OBJ, "EXT1": _EXT, "EXT2": _EXT, "EXT4": _EXT, "GET": _GET,
@@ -388,9 +389,19 @@ def scan_pickle(data, start: int = 0, *, limit: int = MAX_PICKLE) -> PickleScan:
                 buf, pos, fast_end = reader.buf, reader.pos, reader.fast_end()
             opcodes += 1
             role = spec.role
-            if role == _GENERIC:  # the most frequent: pop what the opcode consumes, push placeholders
-                if first is None:  # only a generic opcode (an integer) can be a one-value pickle's first_value
+            if role <= _EXT:  # the most frequent: pop what the opcode consumes, push placeholders
+                if first is None:  # only such an opcode (an integer) can be a one-value pickle's first_value
                     first = (spec.name, arg)
+                if role == _CALL:
+                    depth = spec.depth
+                    callee = stack[-depth] if len(stack) >= depth else _OTHER
+                    note(calls, getattr(callee, "global_name", None) or "<computed callable>")
+                elif role == _OBJ:
+                    mark = _mark_index(stack)
+                    callee = stack[mark + 1] if mark + 1 < len(stack) else _OTHER
+                    note(calls, getattr(callee, "global_name", None) or "<computed callable>")
+                elif role == _EXT:
+                    note(imports, f"<copyreg extension {arg}>")
                 if spec.mark:
                     _pop_to_mark(stack)
                 count = spec.count
@@ -452,30 +463,8 @@ def scan_pickle(data, start: int = 0, *, limit: int = MAX_PICKLE) -> PickleScan:
                     stack.append(_OTHER)
                 else:
                     stack.append(_Value(text=arg.decode("latin-1") if isinstance(arg, bytes) else arg))
-            elif role == _GET:
+            else:  # _GET
                 stack.append(memo.get(arg, _OTHER))
-            else:
-                if role == _CALL:
-                    depth = spec.depth
-                    callee = stack[-depth] if len(stack) >= depth else _OTHER
-                    note(calls, getattr(callee, "global_name", None) or "<computed callable>")
-                elif role == _OBJ:
-                    mark = _mark_index(stack)
-                    callee = stack[mark + 1] if mark + 1 < len(stack) else _OTHER
-                    note(calls, getattr(callee, "global_name", None) or "<computed callable>")
-                elif role == _EXT:
-                    note(imports, f"<copyreg extension {arg}>")
-                # Pop what the opcode consumes and push placeholders for what it produces (pickletools
-                # describes both): as for a generic opcode.
-                if spec.mark:
-                    _pop_to_mark(stack)
-                count = spec.count
-                if count:
-                    if len(stack) < count or _MARK in stack[-count:]:
-                        raise ValueError("stack underflow")
-                    del stack[-count:]
-                if spec.pushed:
-                    stack.extend(spec.pushed)
             if len(stack) > MAX_STACK:
                 raise _TooBig(f"pickle keeps more than {MAX_STACK} values on its stack")
     except _TooBig as exc:
