@@ -142,11 +142,8 @@ def _record_saves(run_dir: Path, rank: int):
     return log
 
 
-def _fail_or_slow_writes(rank: int) -> None:
-    at = int(os.environ.get("FSDP_TEST_FAIL_RANK1_AT_SAVE", "0"))
-    slow = float(os.environ.get("FSDP_TEST_SLOW_WRITE", "0"))
-    if not (at and rank == 1) and not slow:
-        return
+def _before_each_dcp_write(action) -> None:
+    """Run ``action(n)`` before DCP's filesystem writer writes each item of this process's n-th save."""
     from torch.distributed.checkpoint import filesystem
 
     original_item, original_write, saves = filesystem._write_item, filesystem._FileSystemWriter.write_data, [0]
@@ -155,36 +152,39 @@ def _fail_or_slow_writes(rank: int) -> None:
         saves[0] += 1
         return original_write(self, *args, **kwargs)
 
-    def failing_or_slow_write_item(*args, **kwargs):
-        if slow:
-            time.sleep(slow)
-        if at and rank == 1 and saves[0] == at:
-            raise OSError(28, "injected write failure")
+    def write_item(*args, **kwargs):
+        action(saves[0])
         return original_item(*args, **kwargs)
 
     filesystem._FileSystemWriter.write_data = counting_write_data
-    filesystem._write_item = failing_or_slow_write_item
+    filesystem._write_item = write_item
+
+
+def _fail_or_slow_writes(rank: int) -> None:
+    at = int(os.environ.get("FSDP_TEST_FAIL_RANK1_AT_SAVE", "0"))
+    slow = float(os.environ.get("FSDP_TEST_SLOW_WRITE", "0"))
+    if not (at and rank == 1) and not slow:
+        return
+
+    def fail_or_slow(save: int) -> None:
+        if slow:
+            time.sleep(slow)
+        if at and rank == 1 and save == at:
+            raise OSError(28, "injected write failure")
+
+    _before_each_dcp_write(fail_or_slow)
 
 
 def _kill_rank1_mid_save(rank: int) -> None:
     at = int(os.environ.get("FSDP_TEST_KILL_RANK1_AT_SAVE", "0"))
     if not at or rank != 1:
         return
-    from torch.distributed.checkpoint import filesystem
 
-    original_item, original_write, saves = filesystem._write_item, filesystem._FileSystemWriter.write_data, [0]
-
-    def counting_write_data(self, *args, **kwargs):
-        saves[0] += 1
-        return original_write(self, *args, **kwargs)
-
-    def dying_write_item(*args, **kwargs):
-        if saves[0] == at:  # inside the N-th save, before this rank's first shard is complete
+    def die(save: int) -> None:
+        if save == at:  # inside the N-th save, before this rank's first shard is complete
             os.kill(os.getpid(), signal.SIGKILL)
-        return original_item(*args, **kwargs)
 
-    filesystem._FileSystemWriter.write_data = counting_write_data
-    filesystem._write_item = dying_write_item
+    _before_each_dcp_write(die)
 
 
 if __name__ == "__main__":
